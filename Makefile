@@ -1,0 +1,38 @@
+# Quick start on a fresh Debian 12 machine: `make demo` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# What PIM needs at run time, plus what the test fixtures and examples use.
+DEB_PACKAGES := qemu-system-x86 qemu-utils ovmf xorriso isolinux syslinux syslinux-common \
+                mtools dosfstools busybox-static mmdebstrap e2fsprogs fdisk cpio zstd \
+                openssh-client python3-venv
+FIXTURE_CACHE ?= $(HOME)/.cache/pim-test-fixtures
+
+.PHONY: setup debs test demo acceptance bench clean
+
+setup: debs $(VENV)/.installed
+
+debs:
+	@scripts/ensure-debs $(DEB_PACKAGES) $$($(PYTHON) tests/fixtures/installer/build.py --print-packages)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+test: setup
+	$(VENV)/bin/pytest -m "not acceptance"
+
+acceptance: setup
+	$(VENV)/bin/pytest -m acceptance
+
+demo: setup
+	@$(PY) tests/fixtures/installer/build.py --cache-dir $(FIXTURE_CACHE) --link examples/demo/installer.iso
+	@$(VENV)/bin/pim build demo --config examples/demo/pim.yaml
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

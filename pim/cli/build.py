@@ -1,0 +1,51 @@
+"""`pim build`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from pim.cli.main import ConfigOpt, fail
+
+
+def build(
+    image: str = typer.Argument(..., help="Image name from the config"),
+    config: Path = ConfigOpt,
+    force: bool = typer.Option(False, "--force", help="Ignore cached stages and build everything again"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON event per line on stdout"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the VM's console too"),
+) -> None:
+    """Build an image: install, provision, generalize, compress."""
+    from pim.cli.render import HumanRenderer, json_renderer
+    from pim.engine.build import build as run_build
+    from pim.engine.errors import PimError
+    from pim.engine.events import Emitter
+    from pim.engine.spec import load_config
+    from pim.engine.units import human_size
+
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    sink = json_renderer if json_out else HumanRenderer(verbose)
+    events = Emitter(sink)
+    try:
+        cfg = load_config(config)
+        result = run_build(cfg, image, events, force=force)
+    except PimError as e:
+        if json_out:
+            events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
+        raise fail(e) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the VM was stopped and nothing was published", err=True)
+        raise typer.Exit(130) from None
+    summary = {
+        "image": result.image, "path": str(result.path), "sha256": result.sha256, "size": result.size,
+        "key": result.key, "manifest": str(result.manifest_path), "cached": result.cached,
+    }
+    if json_out:
+        events.emit("result", None, "built", ok=True, **summary)
+    else:
+        how = "cached" if result.cached else "built"
+        typer.echo(f"{result.image}: {how} {human_size(result.size)} sha256 {result.sha256[:16]}…", err=True)
+        typer.echo(str(result.path))

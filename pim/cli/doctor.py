@@ -1,0 +1,45 @@
+"""`pim doctor`: what this host has for building images."""
+
+from __future__ import annotations
+
+import shutil
+
+import typer
+
+
+def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators again instead of the remembered verdict")) -> None:
+    """Check QEMU binaries, the accelerator (by a real probe), firmware and free disk."""
+    from pim.engine import firmware
+    from pim.engine.paths import cache_dir
+    from pim.engine.qemu import accel
+    from pim.engine.qemu.argv import qemu_binary
+    from pim.engine.run import run
+    from pim.engine.units import human_size
+
+    ok = True
+    for tool in (qemu_binary("x86_64"), qemu_binary("aarch64"), "qemu-img"):
+        path = shutil.which(tool)
+        if path:
+            version = run([path, "--version"], check=False).stdout.splitlines()[0]
+            typer.echo(f"ok    {tool}: {path} ({version})")
+        else:
+            typer.echo(f"--    {tool}: not found")
+            ok = ok and tool != "qemu-img"
+    for arch in ("x86_64", "aarch64"):
+        if not shutil.which(qemu_binary(arch)):
+            continue
+        verdict = accel.choose(arch, fresh=fresh)
+        typer.echo(f"ok    accelerator for {arch}: {verdict.accel} — {verdict.reason}")
+        for name, what in verdict.tried.items():
+            typer.echo(f"        {name}: {what}")
+    for arch, found in firmware.discover().items():
+        if found:
+            typer.echo(f"ok    UEFI firmware for {arch}: {found.code} (vars template {found.vars})")
+        else:
+            typer.echo(f"--    UEFI firmware for {arch}: not found (BIOS builds still work)")
+    cache = cache_dir()
+    free = shutil.disk_usage(cache).free
+    mark = "ok  " if free > 20 << 30 else "warn"
+    typer.echo(f"{mark}  cache {cache}: {human_size(free)} free")
+    if not ok:
+        raise typer.Exit(1)

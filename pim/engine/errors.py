@@ -1,0 +1,82 @@
+"""One error hierarchy for the engine; only pim.cli turns these into exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PimError(Exception):
+    """Base of every error PIM raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(PimError):
+    """The user's input is wrong; nothing was built. Exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # dotted location in the config, e.g. images.web.disk_size
+    message: str  # the rule that was broken, quoting the bad value
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(InputError):
+    """A config with one or more problems; all of them are listed at once."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+class ChecksumMismatch(InputError):
+    def __init__(self, what: str, expected: str, actual: str):
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            f"{what}: sha256 mismatch: expected {expected}, got {actual}. "
+            "Fix the sha256 in the config or the source it points at."
+        )
+
+
+class BuildError(PimError):
+    """A build failed after it started. `tail` carries the relevant log lines."""
+
+    def __init__(self, message: str, tail: list[str] | None = None):
+        self.tail = list(tail or [])
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        if not self.tail:
+            return msg
+        return msg + "\n--- last lines ---\n" + "\n".join(self.tail)
+
+
+class CommandError(BuildError):
+    """A subprocess failed: carries argv, exit status (negative = signal) and output tail."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str):
+        import shlex
+
+        self.argv, self.returncode = argv, returncode
+        how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+        super().__init__(f"command failed ({how}): {shlex.join(argv)}", output.splitlines()[-40:])
+
+
+class VMError(BuildError):
+    """QEMU could not be started, controlled or stopped."""
+
+
+class InstallerFailed(BuildError):
+    """The installer printed a known failure line or ran past its deadline."""
+
+
+class ProvisionError(BuildError):
+    """A provisioning step failed."""

@@ -1,0 +1,50 @@
+"""What every stage of one build shares."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pim.engine.events import Emitter
+from pim.engine.qemu.argv import RuntimeFiles, VmConfig
+from pim.engine.spec import Config, ImageSpec
+
+
+@dataclass
+class Job:
+    cfg: Config
+    spec: ImageSpec
+    name: str
+    iso: Path
+    iso_sha256: str
+    accel: str
+    events: Emitter
+    work: Path
+    keys: dict[str, str]
+
+    def vm_config(self, stage: str, disk: Path, **overrides: Any) -> VmConfig:
+        return VmConfig(
+            name=self.name,
+            disk=disk,
+            serial_log=self.work / f"{stage}.serial.log",
+            runtime=RuntimeFiles.for_name(self.name),
+            arch=self.spec.arch.value,
+            accel=self.accel,
+            cpus=self.spec.cpus,
+            memory_mib=self.spec.memory >> 20,
+            **overrides,
+        )
+
+    @property
+    def hostname(self) -> str:
+        return re.sub(r"[^a-z0-9-]", "-", self.name)[:63].strip("-") or "pim"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for QEMU's SSH forward."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

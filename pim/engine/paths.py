@@ -1,0 +1,26 @@
+"""Where PIM keeps runtime files (sockets, pid files) and its cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def runtime_dir() -> Path:
+    """$XDG_RUNTIME_DIR/pim, else /tmp/pim; created private to the user."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "pim" if base else Path("/tmp/pim")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """$PIM_CACHE_DIR, else $XDG_CACHE_HOME/pim, else ~/.cache/pim."""
+    explicit = os.environ.get("PIM_CACHE_DIR")
+    if explicit:
+        path = Path(explicit)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        path = (Path(xdg) if xdg else Path.home() / ".cache") / "pim"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

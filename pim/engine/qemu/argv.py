@@ -1,0 +1,145 @@
+"""Pure QEMU command-line construction: a VmConfig in, an argv list out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pim.engine.paths import runtime_dir
+
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+_MACHINE = {"x86_64": "q35", "aarch64": "virt"}
+
+
+@dataclass(frozen=True)
+class RuntimeFiles:
+    """The runtime conventions: <dir>/<name>.qmp, .ga, .serial, .pid."""
+
+    name: str
+    dir: Path
+
+    @classmethod
+    def for_name(cls, name: str) -> "RuntimeFiles":
+        return cls(name, runtime_dir())
+
+    @property
+    def qmp(self) -> Path:
+        return self.dir / f"{self.name}.qmp"
+
+    @property
+    def ga(self) -> Path:
+        return self.dir / f"{self.name}.ga"
+
+    @property
+    def serial(self) -> Path:
+        return self.dir / f"{self.name}.serial"
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / f"{self.name}.pid"
+
+    def all(self) -> list[Path]:
+        return [self.qmp, self.ga, self.serial, self.pid]
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """UEFI code (read-only) and this VM's own copy of the variables store."""
+
+    code: Path
+    vars: Path
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    name: str
+    disk: Path
+    serial_log: Path
+    runtime: RuntimeFiles
+    arch: str = "x86_64"
+    accel: str = "tcg"
+    cpus: int = 2
+    memory_mib: int = 2048
+    disk_format: str = "qcow2"
+    cdrom: Path | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    firmware: Firmware | None = None  # None: the machine's default BIOS
+    ssh_forward: int | None = None  # host port on 127.0.0.1 forwarded to guest port 22
+    no_reboot: bool = False
+    snapshot: bool = False  # discard disk writes (read-only checks of an artifact)
+    extra: tuple[str, ...] = field(default=())
+
+
+def qemu_binary(arch: str) -> str:
+    try:
+        return _BINARY[arch]
+    except KeyError:
+        raise ValueError(f"unsupported arch {arch!r}; supported: {', '.join(_BINARY)}") from None
+
+
+def build_argv(cfg: VmConfig) -> list[str]:
+    rt = cfg.runtime
+    cpu = "host" if cfg.accel in ("kvm", "hvf") else "max"
+    argv = [
+        qemu_binary(cfg.arch),
+        "-name", cfg.name,
+        "-machine", f"{_MACHINE[cfg.arch]},accel={cfg.accel}",
+        "-cpu", cpu,
+        "-smp", str(cfg.cpus),
+        "-m", str(cfg.memory_mib),
+        "-nodefaults",
+        "-display", "none",
+        "-vga", "none",
+        "-pidfile", str(rt.pid),
+        "-qmp", f"unix:{rt.qmp},server=on,wait=off",
+        # The serial console is a socket (for `pim vm console`) and QEMU itself logs
+        # everything to serial_log whether or not a client is attached.
+        "-chardev", f"socket,id=serial0,path={rt.serial},server=on,wait=off,logfile={cfg.serial_log},logappend=on",
+        "-serial", "chardev:serial0",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=ga0,path={rt.ga},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser0.0,chardev=ga0,name={GUEST_AGENT_CHANNEL}",
+        "-drive", f"file={cfg.disk},if=none,id=disk0,format={cfg.disk_format},discard=unmap,detect-zeroes=unmap",
+        "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
+        "-netdev", _netdev(cfg),
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+    ]
+    if cfg.firmware is not None:
+        argv += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={cfg.firmware.code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={cfg.firmware.vars}",
+        ]
+    if cfg.cdrom is not None:
+        argv += [
+            "-drive", f"file={cfg.cdrom},if=none,id=cd0,media=cdrom,readonly=on",
+        ]
+        if cfg.arch == "x86_64":
+            argv += ["-device", "ide-cd,drive=cd0,bootindex=2"]
+        else:  # the arm virt machine has no IDE/AHCI controller
+            argv += ["-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=2"]
+    if cfg.kernel is not None:
+        argv += ["-kernel", str(cfg.kernel)]
+        if cfg.initrd is not None:
+            argv += ["-initrd", str(cfg.initrd)]
+        if cfg.append:
+            argv += ["-append", cfg.append]
+    if cfg.no_reboot:
+        argv.append("-no-reboot")
+    if cfg.snapshot:
+        argv.append("-snapshot")
+    argv += list(cfg.extra)
+    return argv
+
+
+def _netdev(cfg: VmConfig) -> str:
+    # User-mode networking: the guest reaches the host's loopback as 10.0.2.2 and
+    # nothing listens anywhere but 127.0.0.1.
+    spec = "user,id=net0"
+    if cfg.ssh_forward is not None:
+        spec += f",hostfwd=tcp:127.0.0.1:{cfg.ssh_forward}-:22"
+    return spec

@@ -1,0 +1,55 @@
+"""qemu-img operations: create disks and overlays, inspect, flatten and compress."""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pim.engine.errors import CommandError
+from pim.engine.run import run
+
+
+def create(path: Path, size: int, backing: Path | None = None) -> None:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-b", str(backing), "-F", "qcow2"]
+    run(argv + [str(path), str(size)])
+
+
+def info(path: Path) -> dict[str, Any]:
+    return json.loads(run(["qemu-img", "info", "--output=json", "-U", str(path)]).stdout)
+
+
+@functools.cache
+def supports_zstd() -> bool:
+    """True when this qemu-img can write zstd-compressed qcow2 clusters."""
+    with tempfile.TemporaryDirectory(prefix="pim-zstd-") as tmp:
+        try:
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", f"{tmp}/t.qcow2", "1M"])
+        except CommandError:
+            return False
+    return True
+
+
+def resolve_compression(requested: str) -> str:
+    if requested == "auto":
+        return "zstd" if supports_zstd() else "zlib"
+    return requested
+
+
+def convert(src: Path, dst: Path, compression: str) -> None:
+    """Flatten src (and its backing chain) into a standalone, optionally compressed qcow2."""
+    argv = ["qemu-img", "convert", "-O", "qcow2"]
+    if compression != "none":
+        argv.append("-c")
+        if compression == "zstd":
+            argv += ["-o", "compression_type=zstd"]
+    run(argv + [str(src), str(dst)])
+
+
+def version() -> str:
+    out = run(["qemu-img", "--version"]).stdout.splitlines()
+    return out[0] if out else "unknown"

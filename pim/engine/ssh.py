@@ -1,0 +1,145 @@
+"""SSH provisioning with paramiko: ephemeral build keys, waiting for sshd, scripts, uploads."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import shlex
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import paramiko
+
+from pim.engine.errors import ProvisionError
+from pim.engine.events import Emitter
+
+TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: str  # secret: never logged, never in a manifest
+    public_openssh: str
+
+    @classmethod
+    def generate(cls, comment: str = "pim-build") -> "KeyPair":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        return cls(private, f"{public.decode()} {comment}")
+
+    def pkey(self) -> paramiko.PKey:
+        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private_openssh))
+
+
+class Session:
+    """An SSH connection to the guest being provisioned."""
+
+    def __init__(self, port: int, user: str, key: KeyPair, password: str | None, events: Emitter, stage: str):
+        self.port, self.user, self.key, self.password = port, user, key, password
+        self.events, self.stage = events, stage
+        self.client: paramiko.SSHClient | None = None
+
+    def wait(self, timeout: float, alive: Callable[[], bool]) -> float:
+        """Connect, retrying until timeout; returns seconds waited. alive() false aborts."""
+        start = time.monotonic()
+        last_error = "no attempt"
+        while True:
+            if not alive():
+                raise ProvisionError(f"the VM stopped while waiting for SSH ({last_error})")
+            try:
+                self._connect()
+                return time.monotonic() - start
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                last_error = f"{type(e).__name__}: {e}"
+            if time.monotonic() - start > timeout:
+                raise ProvisionError(f"SSH did not come up within {timeout:.0f}s (last error: {last_error})")
+            time.sleep(2.0)
+
+    def _connect(self) -> None:
+        self.close()
+        client = paramiko.SSHClient()
+        # The guest's host key is new on every build and the connection never
+        # leaves this machine's loopback, so there is nothing to pin.
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect(
+                "127.0.0.1", port=self.port, username=self.user, pkey=self.key.pkey(),
+                password=self.password, allow_agent=False, look_for_keys=False,
+                timeout=10, banner_timeout=20, auth_timeout=20,
+            )
+        except BaseException:
+            client.close()
+            raise
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    @property
+    def connected(self) -> bool:
+        t = self.client.get_transport() if self.client else None
+        return bool(t and t.is_active())
+
+    def _sudo(self, command: str) -> str:
+        return command if self.user == "root" else f"sudo -n sh -c {shlex.quote(command)}"
+
+    def run(self, label: str, command: str, check: bool = True) -> tuple[int, list[str]]:
+        """Run a command, streaming output as events. Returns (status, tail); -1 if the connection dropped."""
+        assert self.client is not None
+        transport = self.client.get_transport()
+        assert transport is not None
+        chan = transport.open_session()
+        chan.set_combined_stderr(True)
+        chan.exec_command(self._sudo(command))
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        buf = b""
+        while True:
+            try:
+                data = chan.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                self._emit(label, raw, tail)
+        if buf:
+            self._emit(label, buf, tail)
+        status = chan.recv_exit_status() if transport.is_active() else -1
+        chan.close()
+        if check and status != 0:
+            raise ProvisionError(f"{label}: exited with status {status}", list(tail))
+        return status, list(tail)
+
+    def _emit(self, label: str, raw: bytes, tail: deque[str]) -> None:
+        line = raw.decode(errors="replace").rstrip("\r")
+        tail.append(line)
+        self.events.log(self.stage, f"[{label}] {line}", source="ssh")
+
+    def upload(self, data: bytes, destination: str, mode: int) -> None:
+        """Write data to destination (as root via a temp file when the user is not root)."""
+        assert self.client is not None
+        with self.client.open_sftp() as sftp:
+            tmp = f"/tmp/.pim-upload-{posixpath.basename(destination)}"
+            with sftp.open(tmp, "wb") as f:
+                f.write(data)
+            sftp.chmod(tmp, mode)
+        d = shlex.quote(destination)
+        self.run(f"upload {destination}", f"mkdir -p \"$(dirname {d})\" && mv -f {tmp} {d} && chmod {mode:o} {d}")
+
+
+def script_command(path: str, env: dict[str, str]) -> str:
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(env.items()))
+    return f"{exports}chmod +x {path} && {path}; rc=$?; rm -f {path}; exit $rc"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pim.engine.errors import InputError
 from pim.engine.qemu.argv import Firmware
 
 # (code, vars template) pairs, most specific first: Debian/Ubuntu, Fedora, Homebrew.
@@ -32,12 +33,12 @@ def discover() -> dict[str, Firmware | None]:
     return found
 
 
-def for_vm(arch: str, workdir: Path) -> Firmware | None:
-    """The firmware with a private copy of its variables store, or None if absent."""
-    fw = discover().get(arch)
-    if fw is None:
-        return None
-    vars_copy = workdir / f"efivars-{arch}.fd"
-    if not vars_copy.exists():
-        shutil.copyfile(fw.vars, vars_copy)
-    return Firmware(fw.code, vars_copy)
+def for_vm(arch: str, vars_path: Path) -> Firmware:
+    """The firmware with this VM's own copy of the variables store at vars_path."""
+    found = discover().get(arch)
+    if found is None:
+        raise InputError(f"firmware: uefi needs OVMF/AAVMF for {arch}; install it (Debian: ovmf, "
+                         "qemu-efi-aarch64) or set firmware: bios")
+    if not vars_path.exists():
+        shutil.copyfile(found.vars, vars_path)
+    return Firmware(found.code, vars_path)

@@ -26,6 +26,12 @@ class Job:
     keys: dict[str, str]
 
     def vm_config(self, stage: str, disk: Path, **overrides: Any) -> VmConfig:
+        """The VM for one stage. UEFI builds keep their variables store in
+        `efivars.fd` beside the disk, so boot entries the installer wrote survive."""
+        if self.spec.firmware.value == "uefi" and "firmware" not in overrides:
+            from pim.engine.firmware import for_vm
+
+            overrides["firmware"] = for_vm(self.spec.arch.value, disk.parent / "efivars.fd")
         return VmConfig(
             name=self.name,
             disk=disk,

@@ -3,6 +3,7 @@ over SSH, then generalize the guest (cloud-init, machine-id, host keys, build ke
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -58,6 +59,8 @@ sync
 def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[str, object]:
     spec, events = job.spec, job.events
     img.create(disk, spec.disk_size, backing=base_disk)
+    if (base_disk.parent / "efivars.fd").exists():
+        shutil.copyfile(base_disk.parent / "efivars.fd", disk.parent / "efivars.fd")
     port = free_port()
     vm_cfg = job.vm_config(STAGE, disk, ssh_forward=port)
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None

@@ -1,0 +1,76 @@
+"""Shared set-up for end-to-end tests: the fixture installer ISO (cached on the
+machine between runs) and one PIM cache per run, so tests share built stages."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "installer"
+FIXTURE_CACHE = Path(os.environ.get("PIM_TEST_FIXTURES", Path.home() / ".cache" / "pim-test-fixtures"))
+
+ANSWER = "hostname={{ hostname }}\nssh_authorized_key={{ ssh_public_key }}\n{{ extra | default('') }}\n"
+
+
+def _fixture_builder():
+    spec = importlib.util.spec_from_file_location("pim_fixture_build", FIXTURE_DIR / "build.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def fixture_iso() -> Path:
+    if not shutil.which("qemu-system-x86_64") or not shutil.which("mmdebstrap"):
+        pytest.fail("QEMU or mmdebstrap is missing: run the suite with `make test`, which installs them")
+    return _fixture_builder().build_fixture_iso(FIXTURE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def pim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pim-cache")
+
+
+@pytest.fixture(scope="session")
+def runtime_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg-runtime")
+
+
+@pytest.fixture(autouse=True)
+def _pim_env(pim_cache: Path, runtime_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIM_CACHE_DIR", str(pim_cache))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_root))
+
+
+def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars: dict | None = None,
+                name: str = "e2e", **image_overrides: object) -> Path:
+    """A pim.yaml building `name` from the fixture ISO."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "answer.txt").write_text(ANSWER)
+    link = folder / "installer.iso"
+    if not link.exists():
+        link.symlink_to(iso)
+    image = {
+        "source": {"iso": "installer.iso"},
+        "disk_size": "4G",
+        "memory": "1G",
+        "installer": {
+            "template": "answer.txt",
+            "vars": vars or {},
+            "boot": {"kernel": "/install.amd/vmlinuz", "initrd": "/install.amd/initrd.gz",
+                     "params": "console=ttyS0,115200 url={{ answer_url }}"},
+            "timeout": "10m",
+        },
+        "ssh": {"timeout": "5m"},
+        "provision": provision or [],
+        **image_overrides,
+    }
+    cfg = folder / "pim.yaml"
+    cfg.write_text(yaml.safe_dump({"images": {name: image}}, sort_keys=False))
+    return cfg

@@ -1,0 +1,115 @@
+"""A real build of the fixture installer ISO under QEMU (TCG here), then the
+artifact booted again and inspected through QMP and the guest agent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pim.engine.build import build
+from pim.engine.errors import ProvisionError
+from pim.engine.events import Emitter, Event
+from pim.engine.qemu.argv import RuntimeFiles, VmConfig
+from pim.engine.qemu.machine import Machine
+from pim.engine.spec import load_config
+from tests.e2e.conftest import make_config
+
+pytestmark = pytest.mark.e2e
+
+STEPS = [
+    {"type": "shell", "name": "write-marker", "env": {"STEP_VALUE": "from-step env"},
+     "inline": 'echo "$GLOBAL_VALUE / $STEP_VALUE" > /root/pim-e2e-marker\necho provisioned'},
+    {"type": "file", "source": "motd", "destination": "/etc/pim-e2e/motd", "mode": "0600"},
+    {"type": "shell", "name": "reboot", "inline": "systemctl reboot", "expect_disconnect": True},
+    {"type": "shell", "name": "after-reboot", "inline": "cat /proc/sys/kernel/random/boot_id > /root/after-reboot"},
+]
+
+
+@pytest.fixture(scope="module")
+def built(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, runtime_root: Path):
+    import os
+
+    os.environ["PIM_CACHE_DIR"], os.environ["XDG_RUNTIME_DIR"] = str(pim_cache), str(runtime_root)
+    folder = tmp_path_factory.mktemp("e2e-main")
+    (folder / "motd").write_text("uploaded by pim\n")
+    cfg = load_config(make_config(folder, fixture_iso, provision=STEPS, env={"GLOBAL_VALUE": "global"}))
+    events: list[Event] = []
+    result = build(cfg, "e2e", Emitter(events.append))
+    return cfg, result, events
+
+
+def test_build_fetched_answer_ran_steps_and_published(built) -> None:
+    cfg, result, events = built
+    messages = [e.message for e in events]
+    assert any("answer server: GET answer 200" in m for m in messages)
+    assert any(m == "[1:write-marker] provisioned" for m in messages)
+    assert any("step 3:reboot done; waiting for the guest" in m for m in messages)
+    assert result.path.is_file() and not result.cached
+    manifest = result.manifest()
+    assert manifest["artifact"]["sha256"] == result.sha256
+    assert manifest["stages"]["install"]["answer_fetched"] is True
+    # compressed and generalized artifact is smaller than what the installer wrote
+    assert manifest["artifact"]["size"] < manifest["lineage"]["install"]["allocated"]
+    assert manifest["artifact"]["compression"] in ("zstd", "zlib")
+    assert [s["step"] for s in manifest["stages"]["provision"]["steps"]] == [
+        "write-marker", "upload /etc/pim-e2e/motd", "reboot", "after-reboot"]
+
+
+def test_no_qemu_or_runtime_file_left(built, runtime_root: Path) -> None:
+    leftovers = [p.name for p in (runtime_root / "pim").iterdir() if not p.name.startswith("accel-")]
+    assert leftovers == []
+
+
+def test_artifact_boots_and_answers_qmp_and_guest_agent(built, tmp_path: Path) -> None:
+    cfg, result, _ = built
+    vm_cfg = VmConfig(name="e2e-check", disk=result.path, serial_log=tmp_path / "serial.log",
+                      runtime=RuntimeFiles.for_name("e2e-check"), memory_mib=1024, snapshot=True)
+    with Machine(vm_cfg, Emitter(), "check") as vm:
+        assert vm.qmp_call("query-status")["status"] == "running"
+        agent = vm.agent(timeout=240)
+        agent.ping()
+        assert any(c["name"] == "guest-exec" for c in agent.info()["supported_commands"])
+        marker = agent.file_read("/root/pim-e2e-marker").decode()
+        assert marker == "global / from-step env\n"
+        assert agent.file_read("/etc/pim-e2e/motd") == b"uploaded by pim\n"
+        code, out, _ = agent.exec(["/usr/bin/stat", "-c", "%a", "/etc/pim-e2e/motd"])
+        assert (code, out.strip()) == (0, b"600")
+        assert agent.file_read("/root/after-reboot").strip()  # the step after the reboot ran
+        keys = agent.file_read("/root/.ssh/authorized_keys").decode()
+        assert "pim-build-" not in keys, "the build key must be removed"
+        code, out, _ = agent.exec(["/usr/bin/cloud-init", "--version"])
+        assert code == 0
+        agent.file_write("/root/written-by-agent", b"x")
+        assert agent.file_read("/root/written-by-agent") == b"x"
+        ifaces = agent.network_interfaces()
+        assert any(i["name"] != "lo" for i in ifaces)
+        assert vm.stop(graceful=120) == "guest agent shutdown"
+
+
+def test_second_build_is_a_cache_hit_without_qemu(built) -> None:
+    cfg, first, _ = built
+    events: list[Event] = []
+    again = build(cfg, "e2e", Emitter(events.append))
+    assert again.cached and again.path == first.path and again.sha256 == first.sha256
+    assert not any("starting QEMU" in e.message for e in events)
+
+
+def test_failing_step_names_itself_and_reuses_install(fixture_iso: Path, tmp_path: Path, built) -> None:
+    steps = [{"type": "shell", "name": "broken", "inline": "echo about to fail\nexit 7"}]
+    cfg = load_config(make_config(tmp_path, fixture_iso, provision=steps))
+    events: list[Event] = []
+    with pytest.raises(ProvisionError) as e:
+        build(cfg, "e2e", Emitter(events.append))
+    assert "1:broken" in str(e.value) and "exit status 7" in str(e.value)
+    assert "about to fail" in e.value.tail
+    install_end = next(ev for ev in events if ev.kind == "stage-end" and ev.stage == "install")
+    assert install_end.data["cached"] is True
+
+
+def test_manifest_has_no_secrets(fixture_iso: Path, built) -> None:
+    _, result, events = built
+    text = result.manifest_path.read_text()
+    assert "PRIVATE KEY" not in text
+    assert "PRIVATE KEY" not in json.dumps([e.message for e in events])

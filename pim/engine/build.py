@@ -43,7 +43,7 @@ def plan(cfg: Config, name: str, events: Emitter, cache: Path | None = None) -> 
     cache = cache or cache_dir()
     iso, iso_sha = resolve_iso(spec.source, cfg.base_dir, cache, events)
     stage_keys = keymod.stage_keys(cfg, spec, iso_sha, cache)
-    job = Job(cfg, spec, name, iso, iso_sha, spec.accel.value, events, Path("/nonexistent"), stage_keys)
+    job = Job(cfg, spec, name, iso, iso_sha, spec.accel.value, events, Path("/nonexistent"), stage_keys, cache)
     return job, Store(cache)
 
 

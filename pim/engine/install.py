@@ -30,8 +30,9 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
     events.add_secret(password)
 
-    with AnswerServer({}, events, STAGE) as server:
+    with AnswerServer({}, events, STAGE) as server, job.package_cache() as proxy:
         variables: dict[str, object] = {
+            "proxy_url": proxy.url(),
             **inst.vars,
             "image": job.name,
             "hostname": job.hostname,

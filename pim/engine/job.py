@@ -6,11 +6,14 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pim.engine.events import Emitter
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig
 from pim.engine.spec import Config, ImageSpec
+
+if TYPE_CHECKING:
+    from pim.engine.pkgcache import PackageCache
 
 
 @dataclass
@@ -24,6 +27,12 @@ class Job:
     events: Emitter
     work: Path
     keys: dict[str, str]
+    cache: Path  # the store's root; the package cache lives under it
+
+    def package_cache(self) -> "PackageCache":
+        from pim.engine.pkgcache import PackageCache
+
+        return PackageCache(self.cache / "packages", self.events)
 
     def vm_config(self, stage: str, disk: Path, **overrides: Any) -> VmConfig:
         """The VM for one stage. UEFI builds keep their variables store in

@@ -66,7 +66,9 @@ def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[s
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
     facts: dict[str, object] = {}
     started = time.monotonic()
-    with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(vm_cfg.serial_log, events, STAGE):
+    with job.package_cache() as proxy, Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
+        vm_cfg.serial_log, events, STAGE
+    ):
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
         try:
             waited = session.wait(spec.ssh.timeout, alive=lambda: vm.running)
@@ -75,7 +77,7 @@ def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[s
             steps = []
             for index, step in enumerate(spec.provision, 1):
                 t0 = time.monotonic()
-                _run_step(job, session, index, step, alive=lambda: vm.running)
+                _run_step(job, session, index, step, {"PIM_PROXY_URL": proxy.url()}, alive=lambda: vm.running)
                 steps.append({"step": step.label, "seconds": round(time.monotonic() - t0, 1)})
             facts["steps"] = steps
             comment = key.public_openssh.rsplit(" ", 1)[-1]
@@ -93,7 +95,8 @@ def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[s
     return facts
 
 
-def _run_step(job: Job, session: Session, index: int, step: ShellStep | FileStep, alive) -> None:  # type: ignore[no-untyped-def]
+def _run_step(job: Job, session: Session, index: int, step: ShellStep | FileStep,  # type: ignore[no-untyped-def]
+              base_env: dict[str, str], alive) -> None:
     events = job.events
     label = f"{index}:{step.label}"
     if isinstance(step, FileStep):
@@ -106,7 +109,7 @@ def _run_step(job: Job, session: Session, index: int, step: ShellStep | FileStep
     path = f"/tmp/pim-step-{index}"
     events.log(STAGE, f"step {label}")
     session.upload(body.encode(), path, 0o700)
-    status, tail = session.run(label, script_command(path, {**job.spec.env, **step.env}), check=False)
+    status, tail = session.run(label, script_command(path, {**base_env, **job.spec.env, **step.env}), check=False)
     if step.expect_disconnect:
         # The step reboots the guest: whatever its exit status, reconnect once the
         # guest is back, so the next step never runs on a guest going down.

@@ -1,0 +1,79 @@
+"""The package cache against real package files from the mirror the host's apt uses."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pim.engine.pkgcache import PackageCache, is_immutable
+
+
+def _apt_uris(*packages: str) -> list[tuple[str, str]]:
+    """(url, sha256) of packages from the host's apt configuration, read at run time."""
+    if not shutil.which("apt-get"):
+        pytest.skip("apt-get is not available: these tests need a Debian host's apt sources")
+    out = subprocess.run(["apt-get", "download", "--print-uris", *packages], capture_output=True, text=True)
+    uris = []
+    for line in out.stdout.splitlines():
+        url, _name, _size, digest = line.split()
+        if digest.startswith("SHA256:"):
+            uris.append((url.strip("'"), digest.split(":", 1)[1]))
+    if not uris:
+        pytest.skip(f"apt knows no download URL for {packages}: run `apt-get update` on this host first")
+    return uris
+
+
+def _get(proxy: str, url: str) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+    with opener.open(url, timeout=60) as r:
+        return r.read()
+
+
+def test_classification() -> None:
+    assert is_immutable("/debian/pool/main/h/hello/hello_2.10-3_amd64.deb")
+    assert is_immutable("/debian/pool/main/d/debian-installer/foo_1.0_all.udeb")
+    assert not is_immutable("/debian/dists/bookworm/InRelease")
+    assert not is_immutable("/debian/dists/bookworm/main/binary-amd64/Packages.xz")
+
+
+def test_second_fetch_is_served_from_cache_byte_identical(tmp_path: Path) -> None:
+    (url, sha), = _apt_uris("hello")
+    with PackageCache(tmp_path / "pkgs") as cache:
+        proxy = f"http://127.0.0.1:{cache.port}"
+        first = _get(proxy, url)
+        assert hashlib.sha256(first).hexdigest() == sha
+        assert (cache.misses, cache.hits, len(cache.upstream_requests)) == (1, 0, 1)
+        second = _get(proxy, url)
+        assert second == first
+        assert (cache.misses, cache.hits, len(cache.upstream_requests)) == (1, 1, 1)
+    # shared across builds: a new proxy over the same folder hits at once
+    with PackageCache(tmp_path / "pkgs") as again:
+        assert _get(f"http://127.0.0.1:{again.port}", url) == first
+        assert again.upstream_requests == []
+
+
+def test_index_files_pass_through_uncached(tmp_path: Path) -> None:
+    (url, _), = _apt_uris("hello")
+    codename = next(line.split("=", 1)[1].strip() for line in Path("/etc/os-release").read_text().splitlines()
+                    if line.startswith("VERSION_CODENAME="))
+    release = url.split("/pool/", 1)[0] + f"/dists/{codename}/Release"
+    with PackageCache(tmp_path / "pkgs") as cache:
+        proxy = f"http://127.0.0.1:{cache.port}"
+        assert b"Codename: " + codename.encode() in _get(proxy, release)
+        _get(proxy, release)
+        assert len(cache.upstream_requests) == 2 and cache.hits == 0
+    assert [p for p in (tmp_path / "pkgs").iterdir()] == []
+
+
+def test_rejects_non_proxy_requests(tmp_path: Path) -> None:
+    import urllib.error
+
+    with PackageCache(tmp_path / "pkgs") as cache:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{cache.port}/pool/x.deb", timeout=5)
+        assert e.value.code == 400

@@ -22,13 +22,14 @@ def fail(err: BaseException) -> "typer.Exit":
 
 
 def _register() -> None:
-    from pim.cli import build, doctor, validate, vm
+    from pim.cli import build, doctor, images, validate, vm
 
     app.command("build")(build.build)
     app.command("validate")(validate.validate)
     app.command("schema")(validate.schema)
     app.command("doctor")(doctor.doctor)
     app.add_typer(vm.app, name="vm", help="Inspect and control running build VMs")
+    app.add_typer(images.app, name="images", help="List, inspect, remove and garbage-collect built images")
 
 
 def main() -> None:

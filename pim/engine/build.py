@@ -85,7 +85,9 @@ def _run_stages(job: Job, store: Store, force: bool, accel: str) -> BuildResult:
             facts = run_install(job, staging / "disk.qcow2", key)
             _write_private(staging / "build_key", key.private_openssh)
             (staging / "build_key.pub").write_text(key.public_openssh + "\n")
-            (staging / "stage.json").write_text(json.dumps({"stage": "install", "key": install_key, **facts}))
+            (staging / "stage.json").write_text(
+                json.dumps({"stage": "install", "image": job.name, "key": install_key, **facts})
+            )
             store.publish(staging, install_key)
             timings["install"] = facts
         else:
@@ -148,6 +150,7 @@ def _manifest(job: Job, store: Store, disk: Path, digest: str, overlay: Path, ti
 
 def _result(store: Store, name: str, key: str, cached: bool) -> BuildResult:
     obj = store.object(key)
+    (obj / "done").touch()  # last used
     manifest = json.loads((obj / "manifest.json").read_text())
     store.set_ref(name, key, {"path": str(obj / "disk.qcow2")})
     return BuildResult(name, key, obj / "disk.qcow2", obj / "manifest.json",

@@ -1,0 +1,81 @@
+"""`pim images list|show|rm|gc`: what the store holds."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import typer
+
+from pim.cli.main import fail
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from pim.engine.paths import cache_dir
+    from pim.engine.store import Store
+
+    return Store(cache_dir())
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+@app.command("list")
+def list_(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Built images and stages: key, image, size, last used, and whether it is kept by gc."""
+    from pim.engine.inventory import entries
+    from pim.engine.units import human_size
+
+    items = entries(_store())
+    if json_out:
+        typer.echo(json.dumps([e.to_json() for e in items], indent=2))
+        return
+    typer.echo(f"{'KEY':14}{'KIND':9}{'IMAGE':20}{'SIZE':>11}  {'LAST USED':17}KEPT")
+    for e in items:
+        typer.echo(f"{e.key[:12]:14}{e.kind:9}{(e.image or '-'):20}{human_size(e.size):>11}  "
+                   f"{_when(e.last_used):17}{'yes' if e.referenced else 'no'}")
+
+
+@app.command()
+def show(ref: str = typer.Argument(..., help="Image name (its newest build) or key prefix")) -> None:
+    """The manifest of a build: inputs, keys, lineage, sizes, timings."""
+    from pim.engine.errors import PimError
+    from pim.engine.inventory import find
+
+    try:
+        entry = find(_store(), ref)
+    except PimError as e:
+        raise fail(e) from None
+    manifest = entry.path.parent / ("manifest.json" if entry.kind == "final" else "stage.json")
+    typer.echo(manifest.read_text())
+
+
+@app.command()
+def rm(ref: str = typer.Argument(..., help="Image name or key prefix")) -> None:
+    """Remove one built image or stage from the store."""
+    from pim.engine.errors import PimError
+    from pim.engine.inventory import find, remove
+
+    store = _store()
+    try:
+        entry = find(store, ref)
+        remove(store, entry)
+    except PimError as e:
+        raise fail(e) from None
+    typer.echo(f"removed {entry.key[:12]} ({entry.kind} of {entry.image})", err=True)
+
+
+@app.command()
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be removed")) -> None:
+    """Remove everything the newest build of each named image does not use."""
+    from pim.engine.inventory import gc as run_gc
+    from pim.engine.units import human_size
+
+    doomed = run_gc(_store(), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for e in doomed:
+        typer.echo(f"{verb} {e.key[:12]} {e.kind:8} {e.image or '-':20} {human_size(e.size)}")
+    typer.echo(f"{verb} {len(doomed)} object(s), {human_size(sum(e.size for e in doomed))}", err=True)

@@ -32,7 +32,7 @@ demo: setup
 	@$(VENV)/bin/pim build demo --config examples/demo/pim.yaml
 
 bench: setup
-	$(PY) bench/run.py
+	cd bench && ../$(PY) cache_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

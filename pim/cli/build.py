@@ -39,6 +39,9 @@ def build(
     except KeyboardInterrupt:
         typer.echo("interrupted: the VM was stopped and nothing was published", err=True)
         raise typer.Exit(130) from None
+    finally:
+        if isinstance(sink, HumanRenderer):
+            sink.close()
     summary = {
         "image": result.image, "path": str(result.path), "sha256": result.sha256, "size": result.size,
         "key": result.key, "manifest": str(result.manifest_path), "cached": result.cached,

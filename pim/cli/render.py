@@ -1,4 +1,4 @@
-"""Rendering engine events: a live status on a terminal, plain lines elsewhere,
+"""Rendering engine events: progress bars on a terminal, plain lines elsewhere,
 JSON lines with --json. Human output goes to stderr; JSON to stdout."""
 
 from __future__ import annotations
@@ -6,42 +6,81 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 from pim.engine.events import Event
 
 
 class HumanRenderer:
+    """A bar per stage (a byte bar for downloads) on a terminal; timestamped lines otherwise."""
+
     def __init__(self, verbose: bool = False):
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
         self.verbose = verbose
         self._started = time.monotonic()
-        self._last_progress = 0.0
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        if self.console.is_terminal:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn)
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<10}"), BarColumn(),
+                                      DownloadColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
+                                      console=self.console, transient=False)
+            self._progress.start()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _print(self, text: str) -> None:
+        stamp = f"[dim]{time.monotonic() - self._started:6.1f}s[/dim]"
+        self.console.print(f"{stamp} {text}")
+
+    def _task(self, stage: str, total: float | None = None) -> Any:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(stage, total=total, note="")
+        return self._tasks[stage]
 
     def __call__(self, event: Event) -> None:
-        t = f"[dim]{time.monotonic() - self._started:6.1f}s[/dim]"
-        stage = f"[bold]{event.stage}[/bold] " if event.stage else ""
+        stage = event.stage or ""
         msg = event.message.replace("[", r"\[")
+        if event.kind == "warning":
+            self._print(f"[yellow]warning[/yellow] {stage} {msg}")
+            return
+        if self._progress is None:
+            self._plain(event, stage, msg)
+            return
         if event.kind == "stage-begin":
-            hint = " (cached)" if event.data.get("cached") else ""
-            self.console.print(f"{t} ▶ {stage}{hint}")
+            self._task(stage)
+            if event.data.get("cached"):
+                self._progress.update(self._task(stage), note="cached")
         elif event.kind == "stage-end":
-            self.console.print(f"{t} ✔ {stage}{msg}")
-        elif event.kind == "warning":
-            self.console.print(f"{t} [yellow]warning[/yellow] {stage}{msg}")
+            task = self._task(stage, total=1)
+            self._progress.update(task, total=1, completed=1, note="cached" if event.data.get("cached") else "done")
         elif event.kind == "progress":
-            now = time.monotonic()
-            if now - self._last_progress > 1.0:
-                self._last_progress = now
-                done, total = event.data.get("done", 0), event.data.get("total")
-                pct = f"{100 * done / total:5.1f}%" if total else f"{done >> 20} MiB"
-                self.console.print(f"{t} … {stage}{msg} {pct}")
+            task = self._task(stage, total=event.data.get("total"))
+            self._progress.update(task, completed=event.data.get("done", 0), total=event.data.get("total"))
+        elif event.kind == "log" and stage:
+            self._progress.update(self._task(stage), note=msg[-60:])
+            if self.verbose or event.data.get("source") not in ("console", "ssh", "http", "pkgcache"):
+                self._progress.console.print(f"  [dim]{stage}[/dim] {msg}")
+
+    def _plain(self, event: Event, stage: str, msg: str) -> None:
+        if event.kind == "stage-begin":
+            self._print(f"▶ [bold]{stage}[/bold]" + (" (cached)" if event.data.get("cached") else ""))
+        elif event.kind == "stage-end":
+            self._print(f"✔ [bold]{stage}[/bold] {msg}")
+        elif event.kind == "progress":
+            done, total = event.data.get("done", 0), event.data.get("total")
+            if total and done == total:
+                self._print(f"  {stage} {msg} {done >> 20} MiB")
         elif event.kind == "log":
-            source = event.data.get("source")
-            if source == "console" and not self.verbose:
+            if event.data.get("source") == "console" and not self.verbose:
                 return
-            self.console.print(f"{t}   {stage}{msg}")
+            self._print(f"  [bold]{stage}[/bold] {msg}")
 
 
 def json_renderer(event: Event) -> None:

@@ -19,7 +19,6 @@ from pim.engine.qemu import accel as accelmod
 from pim.engine.qemu import img
 from pim.engine.sources import resolve_iso, sha256_file
 from pim.engine.spec import Config
-from pim.engine.ssh import KeyPair
 from pim.engine.store import Store
 
 
@@ -70,6 +69,7 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, force: bool 
 def _run_stages(job: Job, store: Store, force: bool, accel: str) -> BuildResult:
     from pim.engine.install import run_install
     from pim.engine.provision import run_provision
+    from pim.engine.ssh import KeyPair
 
     events, spec = job.events, job.spec
     timings: dict[str, Any] = {}

@@ -1,0 +1,76 @@
+"""The stage cache with real builds: concurrent builds of one image build once,
+a script change replays provisioning only, a killed build leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pim.engine.build import build
+from pim.engine.events import Emitter, Event
+from pim.engine.qemu.machine import pid_alive
+from pim.engine.spec import load_config
+from tests.e2e.conftest import make_config
+
+pytestmark = pytest.mark.e2e
+
+
+def _cli(cfg: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pim.cli.main", "build", "e2e", "-c", str(cfg), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _events(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_concurrent_builds_of_one_image_build_once(fixture_iso: Path, tmp_path: Path) -> None:
+    steps = [{"type": "shell", "name": "concurrent", "inline": "echo concurrent > /root/concurrent"}]
+    cfg = make_config(tmp_path, fixture_iso, provision=steps)
+    first, second = _cli(cfg), _cli(cfg)
+    outs = [p.communicate(timeout=900) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [o[1][-2000:] for o in outs]
+    runs = [_events(o[0]) for o in outs]
+    started = [any("starting QEMU" in e.get("message", "") for e in evs) for evs in runs]
+    assert sorted(started) == [False, True], "exactly one of the two builds may start QEMU"
+    results = [evs[-1]["data"] for evs in runs]
+    assert results[0]["path"] == results[1]["path"] and results[0]["sha256"] == results[1]["sha256"]
+    assert sorted(r["cached"] for r in results) == [False, True]
+    builder = runs[started.index(True)]
+    # the script changed, the install inputs did not: the install stage came from the cache
+    install_end = next(e for e in builder if e["kind"] == "stage-end" and e.get("stage") == "install")
+    assert install_end["data"]["cached"] is True
+
+
+def test_killed_build_publishes_nothing_and_next_build_succeeds(fixture_iso: Path, tmp_path: Path,
+                                                                 pim_cache: Path, runtime_root: Path) -> None:
+    steps = [{"type": "shell", "name": "slow", "inline": "echo started; sleep 600"}]
+    cfg = make_config(tmp_path, fixture_iso, provision=steps)
+    proc = _cli(cfg)
+    for line in proc.stdout:
+        if "[1:slow] started" in json.loads(line).get("message", ""):
+            break
+    qemu_pid = int((runtime_root / "pim" / "e2e.pid").read_text())
+    before = {p.name for p in (pim_cache / "objects").iterdir()}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while pid_alive(qemu_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pid_alive(qemu_pid), "QEMU must die with the PIM process that owned it"
+    assert {p.name for p in (pim_cache / "objects").iterdir()} == before
+    assert list((pim_cache / "tmp").iterdir()), "the killed build's scratch folder is still there"
+    # The next build cleans the leftovers and succeeds.
+    quick = [{"type": "shell", "name": "quick", "inline": "echo quick > /root/quick"}]
+    events: list[Event] = []
+    result = build(load_config(make_config(tmp_path, fixture_iso, provision=quick)), "e2e", Emitter(events.append))
+    assert result.path.is_file() and not result.cached
+    assert list((pim_cache / "tmp").iterdir()) == []
+    assert [p.name for p in (runtime_root / "pim").iterdir() if p.name.startswith("e2e.")] == []

@@ -67,6 +67,7 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, force: bool 
 
 
 def _run_stages(job: Job, store: Store, force: bool, accel: str) -> BuildResult:
+    from pim.engine.boot import ensure_booted
     from pim.engine.install import run_install
     from pim.engine.provision import run_provision
     from pim.engine.ssh import KeyPair
@@ -95,10 +96,13 @@ def _run_stages(job: Job, store: Store, force: bool, accel: str) -> BuildResult:
         events.emit("stage-end", "install", key=install_key, cached=cached)
     install_dir = store.object(install_key)
     key = KeyPair((install_dir / "build_key").read_text(), (install_dir / "build_key.pub").read_text().strip())
+    t0 = time.monotonic()
+    booted = ensure_booted(job, store, install_dir, key) if job.spec.snapshot else None
+    timings["boot"] = {"seconds": round(time.monotonic() - t0, 1), "snapshot": booted is not None}
 
     events.emit("stage-begin", "provision", key=job.keys["provision"])
     overlay = job.work / "provision.qcow2"
-    timings["provision"] = run_provision(job, install_dir / "disk.qcow2", overlay, key)
+    timings["provision"] = run_provision(job, booted or install_dir, overlay, key)
     events.emit("stage-end", "provision", key=job.keys["provision"])
 
     events.emit("stage-begin", "final", key=job.keys["final"])

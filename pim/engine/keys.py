@@ -18,7 +18,7 @@ from typing import Any
 
 from pim.engine.spec import Config, FileStep, ImageSpec, ShellStep
 
-STAGE_VERSIONS = {"install": 1, "provision": 1, "final": 1}
+STAGE_VERSIONS = {"install": 1, "boot": 1, "provision": 1, "final": 1}
 
 
 def digest(obj: Any) -> str:
@@ -101,6 +101,23 @@ def provision_inputs(cfg: Config, spec: ImageSpec, install_key: str) -> dict[str
         "env": spec.env,
         "steps": [_step_inputs(cfg, s) for s in spec.provision],
         "finalize": spec.finalize.model_dump(mode="json"),
+    }
+
+
+def boot_inputs(spec: ImageSpec, install_key: str, accel: str, qemu_version: str) -> dict[str, Any]:
+    """The booted-guest snapshot: a saved machine state only restores into the same
+    machine (memory, CPUs, accelerator, QEMU build), so all of those are inputs. It
+    does not change the image's bytes, so no later key depends on it."""
+    return {
+        "stage": "boot",
+        "version": STAGE_VERSIONS["boot"],
+        "install": install_key,
+        "arch": spec.arch.value,
+        "firmware": spec.firmware.value,
+        "cpus": spec.cpus,
+        "memory": spec.memory,
+        "accel": accel,
+        "qemu": qemu_version,
     }
 
 

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from pim.engine.console import ConsoleWatcher
-from pim.engine.errors import ProvisionError
+from pim.engine.boot import resume_uri
+from pim.engine.errors import ProvisionError, VMError
 from pim.engine.job import Job, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
@@ -56,13 +57,15 @@ sync
 """
 
 
-def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[str, object]:
+def run_provision(job: Job, base: Path, disk: Path, key: KeyPair) -> dict[str, object]:
+    """Provision on an overlay of base/disk.qcow2; resume base's saved state if it has one."""
     spec, events = job.spec, job.events
-    img.create(disk, spec.disk_size, backing=base_disk)
-    if (base_disk.parent / "efivars.fd").exists():
-        shutil.copyfile(base_disk.parent / "efivars.fd", disk.parent / "efivars.fd")
+    img.create(disk, spec.disk_size, backing=base / "disk.qcow2")
+    if (base / "efivars.fd").exists():
+        shutil.copyfile(base / "efivars.fd", disk.parent / "efivars.fd")
     port = free_port()
-    vm_cfg = job.vm_config(STAGE, disk, ssh_forward=port)
+    incoming = resume_uri(base)
+    vm_cfg = job.vm_config(STAGE, disk, ssh_forward=port, incoming=incoming)
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
     facts: dict[str, object] = {}
     started = time.monotonic()
@@ -71,8 +74,10 @@ def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[s
     ):
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
         try:
+            if incoming:
+                _sync_clock(vm)
             waited = session.wait(spec.ssh.timeout, alive=lambda: vm.running)
-            events.log(STAGE, f"SSH is up after {waited:.0f}s")
+            events.log(STAGE, f"SSH is up after {waited:.0f}s" + (" (resumed)" if incoming else ""))
             facts["ssh_wait_seconds"] = round(waited, 1)
             steps = []
             for index, step in enumerate(spec.provision, 1):
@@ -93,6 +98,14 @@ def run_provision(job: Job, base_disk: Path, disk: Path, key: KeyPair) -> dict[s
         facts["shutdown"] = vm.stop(graceful=120.0)
     facts["seconds"] = round(time.monotonic() - started, 1)
     return facts
+
+
+def _sync_clock(vm: Machine) -> None:
+    """A resumed guest's clock stands where it was saved; set it to now."""
+    try:
+        vm.agent(timeout=60).call("guest-set-time", time=time.time_ns())
+    except VMError as e:
+        vm.events.warning(STAGE, f"could not set the resumed guest's clock: {e}")
 
 
 def _run_step(job: Job, session: Session, index: int, step: ShellStep | FileStep,  # type: ignore[no-untyped-def]

@@ -71,6 +71,7 @@ class VmConfig:
     ssh_forward: int | None = None  # host port on 127.0.0.1 forwarded to guest port 22
     no_reboot: bool = False
     snapshot: bool = False  # discard disk writes (read-only checks of an artifact)
+    incoming: str | None = None  # resume a saved machine state (QEMU migration URI)
     extra: tuple[str, ...] = field(default=())
 
 
@@ -132,6 +133,8 @@ def build_argv(cfg: VmConfig) -> list[str]:
         argv.append("-no-reboot")
     if cfg.snapshot:
         argv.append("-snapshot")
+    if cfg.incoming:
+        argv += ["-incoming", cfg.incoming]
     argv += list(cfg.extra)
     return argv
 

@@ -53,3 +53,15 @@ def convert(src: Path, dst: Path, compression: str) -> None:
 def version() -> str:
     out = run(["qemu-img", "--version"]).stdout.splitlines()
     return out[0] if out else "unknown"
+
+
+@functools.cache
+def qemu_version(arch: str) -> str:
+    """The system emulator's version line (saved machine states only load into the same build)."""
+    from pim.engine.qemu.argv import qemu_binary
+
+    try:
+        out = run([qemu_binary(arch), "--version"]).stdout.splitlines()
+    except (CommandError, OSError):
+        return "unknown"
+    return out[0] if out else "unknown"

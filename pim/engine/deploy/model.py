@@ -1,0 +1,77 @@
+"""What a deploy takes and gives back: a built image in, a JSON-able result out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pim.engine.errors import BuildError, InputError
+
+
+class DeployError(BuildError):
+    """A deploy failed after it started; whatever it had created was removed again."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """The facts a deploy needs about one build, read from its manifest."""
+
+    name: str
+    key: str  # the build's content key: the deployment's identity
+    path: Path | None  # disk.qcow2; None when only deleting by key
+    sha256: str = ""
+    size: int = 0
+    virtual_size: int = 0
+    arch: str = "x86_64"
+    firmware: str = "bios"
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], path: Path) -> "BuiltImage":
+        art, inputs = manifest["artifact"], manifest.get("inputs", {})
+        return cls(manifest["image"], manifest["key"], path, art["sha256"], art["size"], art["virtual_size"],
+                   inputs.get("arch", "x86_64"), inputs.get("firmware", "bios"), manifest.get("lineage", {}))
+
+    @classmethod
+    def newest(cls, store: Any, image: str) -> "BuiltImage":
+        """The newest build of `image` in the store (what `pim build` last produced)."""
+        ref = store.get_ref(image)
+        if not ref or not store.has(ref["key"]):
+            raise InputError(f"image {image!r} has not been built yet: run `pim build {image}` first")
+        obj = store.object(ref["key"])
+        manifest = json.loads((obj / "manifest.json").read_text())
+        return cls.from_manifest(manifest, obj / "disk.qcow2")
+
+    @classmethod
+    def by_key(cls, image: str, key: str) -> "BuiltImage":
+        """Enough to find and delete a deployment whose build may be gone."""
+        if len(key) != 64:
+            raise InputError(f"{key!r} is not a content key: 64 hexadecimal digits expected")
+        return cls(image, key, None)
+
+    @property
+    def lineage_tags(self) -> dict[str, str]:
+        """Flat lineage (stage keys, ISO hash) short enough for cloud tags."""
+        out = {}
+        for stage, value in sorted(self.lineage.items()):
+            if isinstance(value, dict) and "key" in value:
+                out[stage] = str(value["key"])
+            elif isinstance(value, str):
+                out[stage] = value
+        return out
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    target: str
+    type: str  # proxmox | aws
+    image: str
+    key: str
+    created: bool  # False: everything already existed and nothing was sent
+    resources: dict[str, Any]  # proxmox: vmid, node, volume; aws: regions -> {ami, snapshot}
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

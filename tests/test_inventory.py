@@ -31,22 +31,24 @@ def store(tmp_path: Path) -> Store:
     _publish(s, f_old, _final("web", f_old, i1))
     _publish(s, f_new, _final("web", f_new, i1))
     _publish(s, "4" * 64, {"disk.qcow2": "i", "stage.json": json.dumps({"stage": "install", "image": "web"})})
+    _publish(s, "5" * 64, {"disk.qcow2": "b", "stage.json": json.dumps({"stage": "boot", "install": i1})})
+    _publish(s, "6" * 64, {"disk.qcow2": "b", "stage.json": json.dumps({"stage": "boot", "install": "4" * 64})})
     s.set_ref("web", f_new, {})
     return s
 
 
 def test_list_marks_what_the_newest_build_uses(store: Store) -> None:
     kept = {e.key[0]: e.referenced for e in entries(store)}
-    assert kept == {"1": True, "2": False, "3": True, "4": False}
+    assert kept == {"1": True, "2": False, "3": True, "4": False, "5": True, "6": False}
     kinds = {e.key[0]: e.kind for e in entries(store)}
-    assert kinds == {"1": "install", "2": "final", "3": "final", "4": "install"}
+    assert kinds == {"1": "install", "2": "final", "3": "final", "4": "install", "5": "boot", "6": "boot"}
 
 
 def test_gc_dry_run_then_for_real(store: Store) -> None:
-    assert sorted(e.key[0] for e in gc(store, dry_run=True)) == ["2", "4"]
-    assert len(entries(store)) == 4
+    assert sorted(e.key[0] for e in gc(store, dry_run=True)) == ["2", "4", "6"]
+    assert len(entries(store)) == 6
     gc(store)
-    assert sorted(e.key[0] for e in entries(store)) == ["1", "3"]
+    assert sorted(e.key[0] for e in entries(store)) == ["1", "3", "5"]
     assert gc(store) == []
 
 

@@ -8,6 +8,7 @@ and if it cannot be made or restored the build boots the guest instead.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import time
@@ -44,6 +45,9 @@ def ensure_booted(job: Job, store: Store, install_dir: Path, key: KeyPair) -> Pa
                 shutil.rmtree(staging, ignore_errors=True)
                 events.emit("stage-end", STAGE, "skipped", key=boot_key, cached=False)
                 return None
+            (staging / "stage.json").write_text(
+                json.dumps({"stage": "boot", "image": job.name, "key": boot_key, "install": job.keys["install"]})
+            )
             state_size = (staging / STATE).stat().st_size
             events.log(STAGE, f"saved the booted guest ({state_size >> 20} MiB) in {time.monotonic() - started:.0f}s")
             store.publish(staging, boot_key)
@@ -87,6 +91,23 @@ def _snapshot(job: Job, install_dir: Path, staging: Path, key: KeyPair) -> None:
             mon.close()
         if not vm.wait(30):
             raise VMError("QEMU did not exit after saving the machine state")
+
+
+def wait_resumed(vm: Machine, timeout: float = 120.0) -> float:
+    """Wait for the saved state to load, then run the guest (it was saved paused)."""
+    started = time.monotonic()
+    while True:
+        status = vm.qmp_call("query-status")["status"]  # type: ignore[index]
+        if status == "paused":
+            vm.qmp_call("cont")
+            return time.monotonic() - started
+        if status == "running":
+            return time.monotonic() - started
+        if status not in ("inmigrate", "prelaunch"):
+            raise VMError(f"resuming the saved guest failed (QEMU state {status!r})")
+        if time.monotonic() - started > timeout or not vm.running:
+            raise VMError(f"the saved guest did not load within {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def resume_uri(boot_dir: Path) -> str | None:

@@ -55,7 +55,9 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
             vm_cfg.serial_log, events, STAGE, inst.failure_patterns
         ) as console:
             if boot.command:
-                _type_boot_command(vm, boot.command, boot.command_delay)
+                typed = [render(chunk, variables, "installer.boot.command") for chunk in boot.command]
+                events.log(STAGE, f"typing the boot command in {boot.command_delay:.0f}s")
+                _type_boot_command(vm, typed, boot.command_delay)
             deadline = started + inst.timeout
             while not vm.wait(0.5):
                 if console.failure:

@@ -52,12 +52,18 @@ def entries(store: Store) -> list[Entry]:
     for key in list(keep):
         if key in manifests:
             keep.add(manifests[key]["lineage"]["install"]["key"])
+    stages: dict[str, dict[str, Any]] = {}
+    for obj in (store.root / "objects").iterdir():
+        if obj.name not in manifests and (obj / "stage.json").exists():
+            stages[obj.name] = json.loads((obj / "stage.json").read_text())
+    # a boot snapshot is kept with the install stage it was made from
+    keep |= {key for key, st in stages.items() if st.get("stage") == "boot" and st.get("install") in keep}
     out = []
     for obj in sorted((store.root / "objects").iterdir()):
         if not (obj / "done").exists():
             continue
         m = manifests.get(obj.name)
-        stage = {} if m else json.loads((obj / "stage.json").read_text()) if (obj / "stage.json").exists() else {}
+        stage = stages.get(obj.name, {})
         out.append(Entry(
             key=obj.name,
             kind="final" if m else stage.get("stage", "unknown"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import posixpath
 import shlex
 import socket
@@ -17,6 +18,10 @@ from pim.engine.errors import ProvisionError
 from pim.engine.events import Emitter
 
 TAIL_LINES = 40
+
+# Connecting while sshd is still starting fails many times by design; paramiko
+# would print each failure's traceback. We report the last error ourselves.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class Session:
         transport = self.client.get_transport()
         assert transport is not None
         chan = transport.open_session()
-        chan.set_combined_stderr(True)
+        chan.set_combine_stderr(True)
         chan.exec_command(self._sudo(command))
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         buf = b""

@@ -48,8 +48,12 @@ def _pim_env(pim_cache: Path, runtime_root: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_root))
 
 
+DIRECT_BOOT = {"kernel": "/install.amd/vmlinuz", "initrd": "/install.amd/initrd.gz",
+               "params": "console=ttyS0,115200 url={{ answer_url }}"}
+
+
 def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars: dict | None = None,
-                name: str = "e2e", **image_overrides: object) -> Path:
+                name: str = "e2e", boot: dict | None = None, **image_overrides: object) -> Path:
     """A pim.yaml building `name` from the fixture ISO."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "answer.txt").write_text(ANSWER)
@@ -63,8 +67,7 @@ def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars:
         "installer": {
             "template": "answer.txt",
             "vars": vars or {},
-            "boot": {"kernel": "/install.amd/vmlinuz", "initrd": "/install.amd/initrd.gz",
-                     "params": "console=ttyS0,115200 url={{ answer_url }}"},
+            "boot": boot or DIRECT_BOOT,
             "timeout": "10m",
         },
         "ssh": {"timeout": "5m"},

@@ -28,9 +28,11 @@ def _start_build(cfg: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
 
 
-def test_sigint_during_install_leaves_nothing(fixture_iso: Path, tmp_path: Path, pim_cache: Path,
-                                              runtime_root: Path) -> None:
-    cfg = make_config(tmp_path, fixture_iso, vars={"extra": "# interrupted build"})
+def test_typed_boot_then_sigint_during_install_leaves_nothing(fixture_iso: Path, tmp_path: Path, pim_cache: Path,
+                                                               runtime_root: Path) -> None:
+    # No direct kernel boot: the ISO's own boot loader gets its command typed over QMP send-key.
+    typed = {"command": ["auto url={{ answer_url }}<enter>"], "command_delay": 8}
+    cfg = make_config(tmp_path, fixture_iso, vars={"extra": "# interrupted build"}, boot=typed)
     before = _objects(pim_cache)
     proc = _start_build(cfg)
     qemu_pid = None

@@ -71,7 +71,10 @@ class GuestAgent:
 
     def _send(self, msg: dict[str, Any]) -> None:
         assert self._sock is not None
-        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise AgentError(f"guest agent connection failed: {e}") from None
 
     def _fill(self, deadline: float) -> None:
         assert self._sock is not None

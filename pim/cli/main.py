@@ -22,9 +22,10 @@ def fail(err: BaseException) -> "typer.Exit":
 
 
 def _register() -> None:
-    from pim.cli import build, doctor, images, validate, vm
+    from pim.cli import build, deploy, doctor, images, validate, vm
 
     app.command("build")(build.build)
+    app.command("deploy")(deploy.deploy)
     app.command("validate")(validate.validate)
     app.command("schema")(validate.schema)
     app.command("doctor")(doctor.doctor)

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from pim.engine.deploy.spec import TargetSpec
 from pim.engine.errors import Problem, SpecError
 from pim.engine.units import parse_duration, parse_size
 
@@ -233,6 +234,7 @@ class ImageSpec(_Model):
 
 class Config(_Model):
     images: dict[Annotated[str, Field(pattern=NAME_RE)], ImageSpec] = Field(min_length=1)
+    targets: dict[Annotated[str, Field(pattern=NAME_RE)], TargetSpec] = Field({}, description="Where `pim deploy` puts images")
     _base_dir: Path = PrivateAttr(default=Path("."))
 
     @property

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, WithJsonSchema, field_validator,
-                      model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, SecretStr, ValidationInfo,
+                      WithJsonSchema, field_validator, model_validator)
 
 from pim.engine.errors import InputError
 from pim.engine.units import parse_duration
@@ -113,7 +113,23 @@ class AwsTarget(_Model):
         return [self.region, *self.copy_to]
 
 
-TargetSpec = Annotated[Union[ProxmoxTarget, AwsTarget], Field(discriminator="type")]
+_TYPES: dict[str, type[_Model]] = {"proxmox": ProxmoxTarget, "aws": AwsTarget}
+
+
+def _pick_type(value: object, info: ValidationInfo) -> object:
+    # Dispatch on `type` by hand: a discriminated union would put the tag into every
+    # error path (targets.pve.proxmox.node); this keeps them as written (targets.pve.node).
+    if isinstance(value, (ProxmoxTarget, AwsTarget)):
+        return value
+    kind = value.get("type") if isinstance(value, dict) else None
+    model = _TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ValueError(f"type must be one of {', '.join(_TYPES)} (got {kind!r})")
+    return model.model_validate(value, context=info.context)
+
+
+TargetSpec = Annotated[Union[ProxmoxTarget, AwsTarget],
+                       PlainValidator(_pick_type, json_schema_input_type=Union[ProxmoxTarget, AwsTarget])]
 
 
 def resolve_token_secret(target: ProxmoxTarget, base_dir: Path | None = None) -> SecretStr:

@@ -1,0 +1,56 @@
+"""Deploy a built image to a target: one interface for every target type.
+
+    deploy(target, image, events) -> DeployResult   idempotent: a second call creates nothing
+    exists(target, image, events) -> DeployResult | None   read/refresh: None means drift
+    delete(target, image, events) -> list[str]      what was removed; already gone is success
+
+`target` is a TargetSpec from pim.yaml (pim.engine.deploy.spec), `image` a
+BuiltImage (the newest build from the store, or just a name and key to delete).
+Cloud SDKs (boto3, proxmoxer) are imported only when a target of that type is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pim.engine.deploy.model import BuiltImage, DeployError, DeployResult
+from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, TargetSpec
+from pim.engine.events import Emitter
+
+__all__ = ["BuiltImage", "DeployError", "DeployResult", "TargetSpec", "deploy", "exists", "delete"]
+
+
+def _backend(target: Any) -> Any:
+    if isinstance(target, AwsTarget):
+        from pim.engine.deploy import aws
+
+        return aws
+    if isinstance(target, ProxmoxTarget):
+        from pim.engine.deploy import proxmox
+
+        return proxmox
+    raise TypeError(f"not a deploy target: {target!r}")
+
+
+def deploy(target: TargetSpec, image: BuiltImage, events: Emitter, *, target_name: str = "",
+           base_dir: Path | None = None) -> DeployResult:
+    """Create (or find) the deployment of this build on the target."""
+    events.emit("stage-begin", "deploy", f"{image.name} -> {target_name or target.type}", key=image.key)
+    result = _backend(target).deploy(target, image, events, target_name, **_extra(target, base_dir))
+    events.emit("stage-end", "deploy", "created" if result.created else "already there", cached=not result.created)
+    return result
+
+
+def exists(target: TargetSpec, image: BuiltImage, events: Emitter, *, target_name: str = "",
+           base_dir: Path | None = None) -> DeployResult | None:
+    return _backend(target).exists(target, image, events, target_name, **_extra(target, base_dir))
+
+
+def delete(target: TargetSpec, image: BuiltImage, events: Emitter, *, base_dir: Path | None = None) -> list[str]:
+    return _backend(target).delete(target, image, events, **_extra(target, base_dir))
+
+
+def _extra(target: Any, base_dir: Path | None) -> dict[str, Any]:
+    # Relative secret and CA files in a Proxmox target are read from the config's folder.
+    return {"base_dir": base_dir} if isinstance(target, ProxmoxTarget) else {}

@@ -1,0 +1,73 @@
+"""A connection dropped in the middle of an upload: retried, or a clear error that leaves
+no half-registered AMI or template behind. The drop is real: a TCP proxy on 127.0.0.1
+resets the connection while the request body is still being sent."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from pim.engine.deploy import aws as aws_mod
+from pim.engine.deploy import proxmox
+from pim.engine.deploy.model import DeployError
+from tests.deploy.conftest import Disk, Recorder, aws_target, boto, pve_target
+from tests.deploy.proxy import DropProxy
+from tests.deploy.test_aws import nonzero_blocks, snapshot_blocks
+
+KIB = 1024
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[DropProxy]]:
+    made: list[DropProxy] = []
+    yield made
+    for p in made:
+        p.stop()
+
+
+def _proxy(proxies: list[DropProxy], url: str, drops: int) -> DropProxy:
+    proxy = DropProxy(urlparse(url).port or 0, after=256 * KIB, drops=drops)
+    proxies.append(proxy)
+    return proxy
+
+
+def test_aws_blocks_cut_off_mid_upload_are_retried(aws: str, disk: Disk, events: Recorder,
+                                                   proxies: list[DropProxy]) -> None:
+    proxy = _proxy(proxies, aws, drops=3)
+    result = aws_mod.deploy(aws_target(f"http://127.0.0.1:{proxy.port}"), disk.image, events.emitter)
+    assert proxy.dropped == 3
+    sid = result.resources["regions"]["us-east-1"]["snapshot"]
+    assert snapshot_blocks(aws, sid) == nonzero_blocks(disk.raw)
+
+
+def test_aws_upload_that_keeps_failing_ends_clean(aws: str, disk: Disk, events: Recorder, proxies: list[DropProxy],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aws_mod, "BACKOFF", aws_mod.Backoff(attempts=3, base=0.01))
+    proxy = _proxy(proxies, aws, drops=10 ** 6)
+    with pytest.raises(DeployError, match=r"PutSnapshotBlock \d+ failed after 3 attempt\(s\)"):
+        aws_mod.deploy(aws_target(f"http://127.0.0.1:{proxy.port}"), disk.image, events.emitter)
+    ec2 = boto(aws, "ec2")  # straight to moto, not through the proxy
+    assert aws_mod.find_images(ec2, disk.image) == []
+    assert aws_mod.tagged_snapshots(ec2, disk.image.key) == []
+
+
+def test_pve_upload_cut_off_is_retried(pve: Any, pve_env: str, pve_cert: tuple, disk: Disk, events: Recorder,
+                                       proxies: list[DropProxy]) -> None:
+    proxy = _proxy(proxies, pve.url, drops=1)
+    target = pve_target(pve, pve_cert[0], api_url=f"https://127.0.0.1:{proxy.port}")
+    result = proxmox.deploy(target, disk.image, events.emitter)
+    assert proxy.dropped == 1 and result.created
+    assert "upload interrupted" in events.text()
+    assert pve.files[result.resources["volume"]]["size"] == disk.image.size
+    assert pve.vms[result.resources["vmid"]]["template"] == 1
+
+
+def test_pve_upload_that_keeps_failing_ends_clean(pve: Any, pve_env: str, pve_cert: tuple, disk: Disk,
+                                                  events: Recorder, proxies: list[DropProxy]) -> None:
+    proxy = _proxy(proxies, pve.url, drops=10 ** 6)
+    target = pve_target(pve, pve_cert[0], api_url=f"https://127.0.0.1:{proxy.port}", upload_retries=2)
+    with pytest.raises(DeployError, match="upload of .* failed 2 time"):
+        proxmox.deploy(target, disk.image, events.emitter)
+    assert pve.vms == {} and pve.files == {}

@@ -46,6 +46,29 @@ def plan(cfg: Config, name: str, events: Emitter, cache: Path | None = None) -> 
     return job, Store(cache)
 
 
+def content_keys(cfg: Config, name: str, cache: Path | None = None) -> dict[str, str]:
+    """The stage keys of an image without building or downloading anything.
+
+    For a URL source the checksum in the spec stands for the ISO; a local ISO is
+    hashed (memoized by its identity). This is what IaC previews and diffs call.
+    """
+    spec = cfg.image(name)
+    cache = cache or cache_dir()
+    if spec.source.is_url:
+        assert spec.source.sha256 is not None
+        iso_sha = spec.source.sha256
+    else:
+        iso_sha = resolve_iso(spec.source, cfg.base_dir, cache, Emitter())[1]
+    return keymod.stage_keys(cfg, spec, iso_sha, cache)
+
+
+def lookup(cfg: Config, name: str, cache: Path | None = None) -> BuildResult | None:
+    """The finished build for the image's current inputs, or None: never builds."""
+    store = Store(cache or cache_dir())
+    key = content_keys(cfg, name, store.root)["final"]
+    return _result(store, name, key, cached=True) if store.has(key) else None
+
+
 def build(cfg: Config, name: str, events: Emitter | None = None, *, force: bool = False,
           cache: Path | None = None) -> BuildResult:
     events = events or Emitter()

@@ -66,7 +66,7 @@ def lookup(cfg: Config, name: str, cache: Path | None = None) -> BuildResult | N
     """The finished build for the image's current inputs, or None: never builds."""
     store = Store(cache or cache_dir())
     key = content_keys(cfg, name, store.root)["final"]
-    return _result(store, name, key, cached=True) if store.has(key) else None
+    return _result(store, name, key, cached=True, record=False) if store.has(key) else None
 
 
 def build(cfg: Config, name: str, events: Emitter | None = None, *, force: bool = False,
@@ -175,11 +175,12 @@ def _manifest(job: Job, store: Store, disk: Path, digest: str, overlay: Path, ti
     }
 
 
-def _result(store: Store, name: str, key: str, cached: bool) -> BuildResult:
+def _result(store: Store, name: str, key: str, cached: bool, record: bool = True) -> BuildResult:
     obj = store.object(key)
-    (obj / "done").touch()  # last used
     manifest = json.loads((obj / "manifest.json").read_text())
-    store.set_ref(name, key, {"path": str(obj / "disk.qcow2")})
+    if record:  # a build (or cache hit) is a use: newest build of the image, last used now
+        (obj / "done").touch()
+        store.set_ref(name, key, {"path": str(obj / "disk.qcow2")})
     return BuildResult(name, key, obj / "disk.qcow2", obj / "manifest.json",
                        manifest["artifact"]["sha256"], manifest["artifact"]["size"], cached)
 

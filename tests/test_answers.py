@@ -40,8 +40,7 @@ def test_serves_only_its_files_and_logs_no_secrets(tmp_path: Path) -> None:
 
 def test_listens_on_loopback_only() -> None:
     with AnswerServer({}, Emitter()) as srv:
-        assert srv._httpd is not None
-        assert srv._httpd.server_address[0] == "127.0.0.1"
+        assert srv._server.address == "127.0.0.1"
 
 
 def test_emitter_masks_registered_secrets() -> None:

@@ -14,12 +14,12 @@ import http.client
 import os
 import shutil
 import tempfile
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from pim.engine.events import Emitter
+from pim.engine.loopback import GUEST_HOST, LoopbackServer
 
 IMMUTABLE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".rpm", ".dsc", ".tar.gz", ".tar.xz", ".tar.bz2", ".diff.gz")
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailers",
@@ -41,44 +41,24 @@ class PackageCache:
         self.misses = 0
         self.passed = 0
         self.upstream_requests: list[str] = []
-        self._httpd: ThreadingHTTPServer | None = None
+        self._server = LoopbackServer(self._handle, "pkgcache", http11=True)
 
     @property
     def port(self) -> int:
-        assert self._httpd is not None
-        return int(self._httpd.server_address[1])
+        return self._server.port
 
-    def url(self, host: str = "10.0.2.2") -> str:
+    def url(self, host: str = GUEST_HOST) -> str:
         return f"http://{host}:{self.port}/"
 
     def path_for(self, url: str) -> Path:
         return self.root / hashlib.sha256(url.encode()).hexdigest()
 
     def __enter__(self) -> "PackageCache":
-        cache = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802
-                cache._handle(self, body=True)
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                cache._handle(self, body=False)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, name="pkgcache", daemon=True).start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        self._server.stop()
 
     # -- request handling ---------------------------------------------------
     def _handle(self, req: BaseHTTPRequestHandler, body: bool) -> None:

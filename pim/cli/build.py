@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -18,37 +17,30 @@ def build(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the VM's console too"),
 ) -> None:
     """Build an image: install, provision, generalize, compress."""
-    from pim.cli.render import HumanRenderer, json_renderer
+    from pim.cli.render import event_stream
     from pim.engine.build import build as run_build
     from pim.engine.errors import PimError
-    from pim.engine.events import Emitter
     from pim.engine.spec import load_config
     from pim.engine.units import human_size
 
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
-    sink = json_renderer if json_out else HumanRenderer(verbose)
-    events = Emitter(sink)
-    try:
-        cfg = load_config(config)
-        result = run_build(cfg, image, events, force=force)
-    except PimError as e:
+    with event_stream(json_out, verbose) as events:
+        try:
+            cfg = load_config(config)
+            result = run_build(cfg, image, events, force=force)
+        except PimError as e:
+            if json_out:
+                events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
+            raise fail(e) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: the VM was stopped and nothing was published", err=True)
+            raise typer.Exit(130) from None
+        summary = {
+            "image": result.image, "path": str(result.path), "sha256": result.sha256, "size": result.size,
+            "key": result.key, "manifest": str(result.manifest_path), "cached": result.cached,
+        }
         if json_out:
-            events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
-        raise fail(e) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the VM was stopped and nothing was published", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        if isinstance(sink, HumanRenderer):
-            sink.close()
-    summary = {
-        "image": result.image, "path": str(result.path), "sha256": result.sha256, "size": result.size,
-        "key": result.key, "manifest": str(result.manifest_path), "cached": result.cached,
-    }
-    if json_out:
-        events.emit("result", None, "built", ok=True, **summary)
-    else:
-        how = "cached" if result.cached else "built"
-        typer.echo(f"{result.image}: {how} {human_size(result.size)} sha256 {result.sha256[:16]}…", err=True)
-        typer.echo(str(result.path))
+            events.emit("result", None, "built", ok=True, **summary)
+        else:
+            how = "cached" if result.cached else "built"
+            typer.echo(f"{result.image}: {how} {human_size(result.size)} sha256 {result.sha256[:16]}…", err=True)
+            typer.echo(str(result.path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -23,59 +22,52 @@ def deploy(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every API call"),
 ) -> None:
     """Deploy the newest build of an image as a Proxmox template or AWS AMI(s); idempotent."""
-    from pim.cli.render import HumanRenderer, json_renderer
+    from pim.cli.render import event_stream
     from pim.engine import deploy as engine
     from pim.engine.errors import PimError, Problem, SpecError
-    from pim.engine.events import Emitter
     from pim.engine.paths import cache_dir
     from pim.engine.spec import load_config
     from pim.engine.store import Store
 
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
-    sink = json_renderer if json_out else HumanRenderer(verbose)
-    events = Emitter(sink)
-    outcome: dict | None = None
-    try:
-        cfg = load_config(config)
-        if target not in cfg.targets:
-            known = ", ".join(sorted(cfg.targets)) or "none"
-            raise SpecError(str(config), [Problem(f"targets.{target}", f"no such target; defined: {known}")])
-        spec = cfg.targets[target]
-        if key:
-            built = engine.BuiltImage.by_key(image, key)
-        else:
-            cfg.image(image)
-            built = engine.BuiltImage.newest(Store(cache_dir()), image)
-        if delete:
-            removed = engine.delete(spec, built, events, base_dir=cfg.base_dir)
-            outcome = {"target": target, "image": image, "key": built.key, "removed": removed}
-        elif check:
-            found = engine.exists(spec, built, events, target_name=target, base_dir=cfg.base_dir)
-            outcome = found.to_json() if found else None
-        else:
-            outcome = engine.deploy(spec, built, events, target_name=target, base_dir=cfg.base_dir).to_json()
-    except PimError as e:
+    with event_stream(json_out, verbose) as events:
+        outcome: dict | None = None
+        try:
+            cfg = load_config(config)
+            if target not in cfg.targets:
+                known = ", ".join(sorted(cfg.targets)) or "none"
+                raise SpecError(str(config), [Problem(f"targets.{target}", f"no such target; defined: {known}")])
+            spec = cfg.targets[target]
+            if key:
+                built = engine.BuiltImage.by_key(image, key)
+            else:
+                cfg.image(image)
+                built = engine.BuiltImage.newest(Store(cache_dir()), image)
+            if delete:
+                removed = engine.delete(spec, built, events, base_dir=cfg.base_dir)
+                outcome = {"target": target, "image": image, "key": built.key, "removed": removed}
+            elif check:
+                found = engine.exists(spec, built, events, target_name=target, base_dir=cfg.base_dir)
+                outcome = found.to_json() if found else None
+            else:
+                outcome = engine.deploy(spec, built, events, target_name=target, base_dir=cfg.base_dir).to_json()
+        except PimError as e:
+            if json_out:
+                events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
+            raise fail(e) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: whatever this deploy had created was removed", err=True)
+            raise typer.Exit(130) from None
+        if check and outcome is None:
+            if json_out:
+                events.emit("result", None, "not deployed", ok=False, exists=False)
+            else:
+                typer.echo(f"{image}: not deployed on {target} (or drifted)", err=True)
+            raise typer.Exit(1)
         if json_out:
-            events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
-        raise fail(e) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: whatever this deploy had created was removed", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        if isinstance(sink, HumanRenderer):
-            sink.close()
-    if check and outcome is None:
-        if json_out:
-            events.emit("result", None, "not deployed", ok=False, exists=False)
-        else:
-            typer.echo(f"{image}: not deployed on {target} (or drifted)", err=True)
-        raise typer.Exit(1)
-    if json_out:
-        events.emit("result", None, "deployed" if not delete else "deleted", ok=True, **(outcome or {}))
-        return
-    typer.echo(_summary(outcome or {}, delete), err=True)
-    typer.echo(json.dumps(outcome, indent=2))
+            events.emit("result", None, "deployed" if not delete else "deleted", ok=True, **(outcome or {}))
+            return
+        typer.echo(_summary(outcome or {}, delete), err=True)
+        typer.echo(json.dumps(outcome, indent=2))
 
 
 def _summary(outcome: dict, deleted: bool) -> str:

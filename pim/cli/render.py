@@ -3,12 +3,14 @@ JSON lines with --json. Human output goes to stderr; JSON to stdout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
-from pim.engine.events import Event
+from pim.engine.events import Emitter, Event
 
 
 class HumanRenderer:
@@ -86,3 +88,16 @@ class HumanRenderer:
 def json_renderer(event: Event) -> None:
     sys.stdout.write(json.dumps(event.to_json()) + "\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def event_stream(json_out: bool, verbose: bool) -> Iterator[Emitter]:
+    """The Emitter a command hands the engine: JSON lines or human progress, closed after."""
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    renderer = None if json_out else HumanRenderer(verbose)
+    try:
+        yield Emitter(json_renderer if renderer is None else renderer)
+    finally:
+        if renderer is not None:
+            renderer.close()

@@ -52,6 +52,19 @@ DIRECT_BOOT = {"kernel": "/install.amd/vmlinuz", "initrd": "/install.amd/initrd.
                "params": "console=ttyS0,115200 url={{ answer_url }}"}
 
 
+def apt_package_url(package: str = "hello") -> tuple[str, str]:
+    """(url, sha256) of a real package file from the mirror the host's apt uses."""
+    import subprocess
+
+    out = subprocess.run(["apt-get", "download", "--print-uris", package], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        url, _name, _size, digest = line.split()
+        if digest.startswith("SHA256:"):
+            return url.strip("'"), digest.split(":", 1)[1]
+    pytest.fail(f"apt has no download URL for {package}: the host's package lists are missing "
+                "(`make test` refreshes them)")
+
+
 def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars: dict | None = None,
                 name: str = "e2e", boot: dict | None = None, **image_overrides: object) -> Path:
     """A pim.yaml building `name` from the fixture ISO."""

@@ -3,6 +3,7 @@ artifact booted again and inspected through QMP and the guest agent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,14 +15,24 @@ from pim.engine.events import Emitter, Event
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig
 from pim.engine.qemu.machine import Machine
 from pim.engine.spec import load_config
-from tests.e2e.conftest import make_config
+from tests.e2e.conftest import apt_package_url, make_config
 
 pytestmark = pytest.mark.e2e
+
+FETCH = """python3 - <<'PY'
+import hashlib, os, urllib.request
+proxy = urllib.request.ProxyHandler({"http": os.environ["PIM_PROXY_URL"]})
+data = urllib.request.build_opener(proxy).open(os.environ["PKG_URL"], timeout=120).read()
+open("/root/pkg.sha256", "w").write(hashlib.sha256(data).hexdigest())
+PY
+"""
 
 STEPS = [
     {"type": "shell", "name": "write-marker", "env": {"STEP_VALUE": "from-step env"},
      "inline": 'echo "$GLOBAL_VALUE / $STEP_VALUE" > /root/pim-e2e-marker\necho provisioned'},
     {"type": "file", "source": "motd", "destination": "/etc/pim-e2e/motd", "mode": "0600"},
+    # A guest fetching a real package through PIM's caching proxy (URL and sha256 from host apt).
+    {"type": "shell", "name": "fetch-package", "inline": FETCH},
     {"type": "shell", "name": "reboot", "inline": "systemctl reboot", "expect_disconnect": True},
     {"type": "shell", "name": "after-reboot", "inline": "cat /proc/sys/kernel/random/boot_id > /root/after-reboot"},
 ]
@@ -34,7 +45,9 @@ def built(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache
     os.environ["PIM_CACHE_DIR"], os.environ["XDG_RUNTIME_DIR"] = str(pim_cache), str(runtime_root)
     folder = tmp_path_factory.mktemp("e2e-main")
     (folder / "motd").write_text("uploaded by pim\n")
-    cfg = load_config(make_config(folder, fixture_iso, provision=STEPS, env={"GLOBAL_VALUE": "global"}))
+    pkg_url, _ = apt_package_url()
+    env = {"GLOBAL_VALUE": "global", "PKG_URL": pkg_url}
+    cfg = load_config(make_config(folder, fixture_iso, provision=STEPS, env=env))
     events: list[Event] = []
     result = build(cfg, "e2e", Emitter(events.append))
     return cfg, result, events
@@ -45,7 +58,7 @@ def test_build_fetched_answer_ran_steps_and_published(built) -> None:
     messages = [e.message for e in events]
     assert any("answer server: GET answer 200" in m for m in messages)
     assert any(m == "[1:write-marker] provisioned" for m in messages)
-    assert any("step 3:reboot done; waiting for the guest" in m for m in messages)
+    assert any("step 4:reboot done; waiting for the guest" in m for m in messages)
     assert result.path.is_file() and not result.cached
     manifest = result.manifest()
     assert manifest["artifact"]["sha256"] == result.sha256
@@ -54,7 +67,15 @@ def test_build_fetched_answer_ran_steps_and_published(built) -> None:
     assert manifest["artifact"]["size"] < manifest["lineage"]["install"]["allocated"]
     assert manifest["artifact"]["compression"] in ("zstd", "zlib")
     assert [s["step"] for s in manifest["stages"]["provision"]["steps"]] == [
-        "write-marker", "upload /etc/pim-e2e/motd", "reboot", "after-reboot"]
+        "write-marker", "upload /etc/pim-e2e/motd", "fetch-package", "reboot", "after-reboot"]
+
+
+def test_guest_fetched_a_package_through_the_cache(built, pim_cache: Path) -> None:
+    _, _, events = built
+    _, sha = apt_package_url()
+    assert any("package cache: stored hello_" in e.message for e in events)
+    cached = [p for p in (pim_cache / "packages").iterdir() if not p.name.startswith(".")]
+    assert sha in {hashlib.sha256(p.read_bytes()).hexdigest() for p in cached}
 
 
 def test_no_qemu_or_runtime_file_left(built, runtime_root: Path) -> None:
@@ -77,6 +98,7 @@ def test_artifact_boots_and_answers_qmp_and_guest_agent(built, tmp_path: Path) -
         code, out, _ = agent.exec(["/usr/bin/stat", "-c", "%a", "/etc/pim-e2e/motd"])
         assert (code, out.strip()) == (0, b"600")
         assert agent.file_read("/root/after-reboot").strip()  # the step after the reboot ran
+        assert agent.file_read("/root/pkg.sha256").decode() == apt_package_url()[1]
         keys = agent.file_read("/root/.ssh/authorized_keys").decode()
         assert "pim-build-" not in keys, "the build key must be removed"
         code, out, _ = agent.exec(["/usr/bin/cloud-init", "--version"])

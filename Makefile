@@ -13,7 +13,8 @@ FIXTURE_CACHE ?= $(HOME)/.cache/pim-test-fixtures
 setup: debs $(VENV)/.installed
 
 debs:
-	@scripts/ensure-debs $(DEB_PACKAGES) $$($(PYTHON) tests/fixtures/installer/build.py --print-packages)
+	@scripts/ensure-debs $(DEB_PACKAGES) $$($(PYTHON) -c "import runpy; \
+	  print(' '.join(runpy.run_path('tests/fixtures/installer/build.py')['REQUIRED_DEBIAN_PACKAGES']))")
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +29,9 @@ acceptance: setup
 	$(VENV)/bin/pytest -m acceptance
 
 demo: setup
-	@$(PY) tests/fixtures/installer/build.py --cache-dir $(FIXTURE_CACHE) --link examples/demo/installer.iso
+	@iso=$$($(PY) tests/fixtures/installer/build.py --cache-dir $(FIXTURE_CACHE)) && \
+	  ln -sf "$$iso" examples/demo/installer.iso
+	@echo "demo: building from the fixture installer ISO (offline; real distribution ISOs: see README)" >&2
 	@$(VENV)/bin/pim build demo --config examples/demo/pim.yaml
 
 bench: setup

@@ -11,12 +11,16 @@ from pim.cli.main import ConfigOpt, fail
 
 
 def validate(config: Path = ConfigOpt) -> None:
-    """Check a config; list every problem with its path and the rule it broke."""
-    from pim.engine.errors import PimError
+    """Check a config and its answer files; list every problem with its path and the rule it broke."""
+    from pim.engine.errors import PimError, SpecError
+    from pim.engine.installers.prepare import check_answers
     from pim.engine.spec import load_config
 
     try:
         cfg = load_config(config)
+        problems = [p for name in sorted(cfg.images) for p in check_answers(cfg, name)]
+        if problems:
+            raise SpecError(str(config), problems)
     except PimError as e:
         raise fail(e) from None
     typer.echo(f"{config}: OK ({len(cfg.images)} image(s): {', '.join(sorted(cfg.images))})", err=True)

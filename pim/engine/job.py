@@ -55,7 +55,12 @@ class Job:
 
     @property
     def hostname(self) -> str:
-        return re.sub(r"[^a-z0-9-]", "-", self.name)[:63].strip("-") or "pim"
+        return hostname_for(self.name)
+
+
+def hostname_for(image: str) -> str:
+    """The build VM's host name: the image name made a valid host name."""
+    return re.sub(r"[^a-z0-9-]", "-", image)[:63].strip("-") or "pim"
 
 
 def free_port() -> int:

@@ -66,14 +66,25 @@ def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path) -
         "firmware": spec.firmware.value,
         "disk_size": spec.disk_size,
         "family": inst.family.value,
-        "template": file_digest(cfg.path(inst.template)),
+        "template": file_digest(cfg.path(inst.template)) if inst.template else None,
+        "builtin": builtin_digests(inst.family.value),
         "answer_name": inst.answer_name,
         "vars": inst.vars,
+        "settings": {k: getattr(inst, k) for k in ("mirror", "locale", "timezone", "keyboard")},
         "files": {name: file_digest(cfg.path(p)) for name, p in inst.files.items()},
-        "boot": inst.boot.model_dump(mode="json"),
+        "boot": inst.boot.model_dump(mode="json") if inst.boot else None,
         "ssh_user": spec.ssh.user,
         "ssh_password": secret_digest(password, cache) if password else None,
     }
+
+
+def builtin_digests(family: str) -> dict[str, str]:
+    """Digests of a family's built-in templates (they are inputs when no user template replaces them)."""
+    if family == "custom":
+        return {}
+    from pim.engine.installers.families import builtin_template, get
+
+    return {name: hashlib.sha256(builtin_template(family, name).encode()).hexdigest() for name in get(family).templates}
 
 
 def _step_inputs(cfg: Config, step: ShellStep | FileStep) -> dict[str, Any]:

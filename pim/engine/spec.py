@@ -63,6 +63,9 @@ class Accel(StrEnum):
 
 class Family(StrEnum):
     custom = "custom"  # the user's own answer-file template and boot parameters
+    debian = "debian"  # debian-installer, preseed over HTTP
+    ubuntu = "ubuntu"  # subiquity autoinstall through a NoCloud seed over HTTP
+    kickstart = "kickstart"  # anaconda (Rocky, Alma, Fedora, RHEL), inst.ks=
 
 
 class Compression(StrEnum):
@@ -132,11 +135,18 @@ class Boot(_Model):
 
 class Installer(_Model):
     family: Family = Family.custom
-    template: str = Field(description="Answer-file template (Jinja2), relative to the config file")
-    answer_name: str = Field("answer", pattern=r"^[A-Za-z0-9._-]+$", description="File name it is served under")
+    template: str | None = Field(
+        None, description="Answer-file template (Jinja2), relative to the config file; replaces the family's built-in"
+    )
+    answer_name: str = Field("answer", pattern=r"^[A-Za-z0-9._-]+$",
+                             description="File name a custom answer file is served under")
     files: dict[str, str] = Field({}, description="Extra files served beside the answer file: name -> local path")
     vars: dict[str, str] = Field({}, description="Extra template variables")
-    boot: Boot
+    mirror: str | None = Field(None, description="Package mirror URL for the installer (default: the installer's own)")
+    locale: str | None = Field(None, description="e.g. en_US.UTF-8")
+    timezone: str | None = Field(None, description="e.g. UTC, Europe/Paris")
+    keyboard: str | None = Field(None, description="XKB layout, e.g. us")
+    boot: Boot | None = Field(None, description="Boot method; default: detected from the ISO for the built-in families")
     timeout: Duration = Field(3600.0, description="Deadline for the whole install")
     failure_patterns: list[str] = Field([], description="Extra regexes that fail the install when seen on the console")
 
@@ -150,6 +160,13 @@ class Installer(_Model):
                 raise ValueError(f"file name {name!r} may only contain letters, digits, '.', '_' and '-'")
             _check_file(path, info)
         return v
+
+    @model_validator(mode="after")
+    def _custom_needs_everything(self) -> "Installer":
+        if self.family == Family.custom and (self.template is None or self.boot is None):
+            raise ValueError("family custom needs template and boot; or use a built-in family "
+                             "(debian, ubuntu, kickstart)")
+        return self
 
     @field_validator("failure_patterns")
     @classmethod

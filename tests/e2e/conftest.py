@@ -56,13 +56,15 @@ def apt_package_url(package: str = "hello") -> tuple[str, str]:
     """(url, sha256) of a real package file from the mirror the host's apt uses."""
     import subprocess
 
-    out = subprocess.run(["apt-get", "download", "--print-uris", package], capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        url, _name, _size, digest = line.split()
-        if digest.startswith("SHA256:"):
-            return url.strip("'"), digest.split(":", 1)[1]
-    pytest.fail(f"apt has no download URL for {package}: the host's package lists are missing "
-                "(`make test` refreshes them)")
+    for attempt in range(2):
+        out = subprocess.run(["apt-get", "download", "--print-uris", package], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            url, _name, _size, digest = line.split()
+            if digest.startswith("SHA256:"):
+                return url.strip("'"), digest.split(":", 1)[1]
+        if attempt == 0:  # package lists missing: fetch them, as `make test`'s set-up does
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+    pytest.fail(f"apt has no download URL for {package} even after `apt-get update`")
 
 
 def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars: dict | None = None,

@@ -1,0 +1,163 @@
+"""The work behind Create, Update and Delete: engine calls only, no Pulumi.
+
+Each op takes the job (plain JSON from the provider, secrets included, never logged)
+and an Emitter, and returns the JSON-able outputs. worker.py runs them in a child
+process; the outputs helpers are also used in the provider process for fast reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pim.engine.deploy.model import BuiltImage, DeployError, DeployResult
+from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, TargetSpec
+from pim.engine.errors import InputError
+from pim.engine.events import Emitter
+from pim.pulumi_provider.inputs import (DEPLOYMENT_OUTPUTS, image_config, pve_tags, target_from_state, target_spec,
+                                        target_view)
+
+# ---------------------------------------------------------------- pim.Image
+
+
+def image_outputs(manifest_path: Path) -> dict[str, Any]:
+    """An Image's outputs, all read from its build's manifest."""
+    m = json.loads(manifest_path.read_text())
+    art, inputs, lineage = m["artifact"], m.get("inputs", {}), m.get("lineage", {})
+    return {
+        "content_key": m["key"],
+        "stage_keys": {stage: lineage[stage]["key"] for stage in ("install", "provision", "final") if stage in lineage},
+        "path": str(manifest_path.parent / art.get("file", "disk.qcow2")),
+        "sha256": art["sha256"],
+        "size": art["size"],
+        "virtual_size": art.get("virtual_size"),
+        "format": art.get("format", "qcow2"),
+        "compression": art.get("compression"),
+        "arch": inputs.get("arch", "x86_64"),
+        "firmware": inputs.get("firmware", "bios"),
+        "manifest_path": str(manifest_path),
+        "created": m.get("created"),
+    }
+
+
+def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
+    from pim.engine.build import build as engine_build
+
+    cfg, name = image_config(job)
+    password = cfg.images[name].ssh.password
+    if password is not None:
+        events.add_secret(password.get_secret_value())
+    result = engine_build(cfg, name, events)
+    return image_outputs(result.manifest_path) | {"cached": result.cached}
+
+
+# ---------------------------------------------------------------- pim.Deployment
+
+def built_image(job: dict[str, Any], required: bool = True) -> BuiltImage:
+    """The build a Deployment deploys, from the Image's manifest; without it (only
+    acceptable when nothing needs uploading) just its name, key and checksum."""
+    name, key = job["image_name"], job["image_key"]
+    path = Path(job.get("manifest_path") or "/nonexistent")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        if required:
+            raise InputError(f"the build of image {name!r} (key {key[:16]}) is not in PIM's cache any more "
+                             f"({path}): `pulumi refresh` notices it and the next `pulumi up` rebuilds it") from None
+        return BuiltImage(name, key, None, job.get("image_sha256") or "")
+    image = BuiltImage.from_manifest(manifest, path.parent / "disk.qcow2")
+    if image.key != key:
+        raise InputError(f"{path} is the build with key {image.key[:16]}, not {key[:16]}")
+    return image
+
+
+def deployment_outputs(result: DeployResult, target: TargetSpec, name: str, base: Path) -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(DEPLOYMENT_OUTPUTS)
+    out.update(type=result.type, target_name=name, target_view=target_view(target), target_base_dir=str(base))
+    res = result.resources
+    if isinstance(target, ProxmoxTarget):
+        out.update(vmid=int(res["vmid"]), node=res["node"], volume=res.get("volume") or "")
+    else:
+        regions = res["regions"]
+        out.update(regions=regions, ami_id=regions[target.region]["ami"], snapshot_id=regions[target.region]["snapshot"],
+                   ami_ids={r: v["ami"] for r, v in regions.items()},
+                   snapshot_ids={r: v["snapshot"] for r, v in regions.items()})
+    return out
+
+
+def deploy(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
+    from pim.engine.deploy import deploy as engine_deploy
+
+    target, name, base = target_spec(job, job.get("token_secret"))
+    result = engine_deploy(target, built_image(job), events, target_name=name, base_dir=base)
+    if isinstance(target, ProxmoxTarget) and job.get("tags"):
+        retag_proxmox(target, job["image_name"], job["image_key"], job["tags"], events, base)
+    return deployment_outputs(result, target, name, base) | {"created": result.created}
+
+
+def update(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
+    """In place: copy to regions added to copy_to, remove from regions dropped, retag."""
+    from pim.engine.deploy import delete as engine_delete
+    from pim.engine.deploy import deploy as engine_deploy
+
+    target, name, base = target_spec(job, job.get("token_secret"))
+    old = job.get("old") or {}
+    if isinstance(target, AwsTarget):
+        for region in sorted(set((old.get("ami_ids") or {})) - set(target.regions)):
+            events.log("deploy", f"{region} left copy_to: removing this build's AMI there")
+            engine_delete(target.model_copy(update={"region": region, "copy_to": []}),
+                          BuiltImage(job["image_name"], job["image_key"], None), events)
+    image = built_image(job, required=False)
+    result = engine_deploy(target, image, events, target_name=name, base_dir=base)
+    if isinstance(target, AwsTarget):
+        old_tags = (old.get("target_view") or {}).get("tags") or {}
+        retag_aws(target, image, old_tags, target.tags, events)
+    else:
+        retag_proxmox(target, job["image_name"], job["image_key"], job.get("tags") or {}, events, base)
+    return deployment_outputs(result, target, name, base)
+
+
+def delete(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
+    """Remove the template or the AMIs and snapshots; what is already gone is fine."""
+    from pim.engine.deploy import delete as engine_delete
+
+    target, _, base = target_from_state(job["state"], job.get("token_secret"))
+    image = BuiltImage(job["image_name"], job["image_key"], None, job.get("image_sha256") or "")
+    return {"removed": engine_delete(target, image, events, base_dir=base)}
+
+
+def retag_aws(target: AwsTarget, image: BuiltImage, old: dict[str, str], new: dict[str, str], events: Emitter) -> None:
+    from pim.engine.deploy import aws
+
+    clients = aws.Clients(target)
+    gone = sorted(set(old) - set(new))
+    for region in target.regions:
+        ec2 = clients.get("ec2", region)
+        for img in aws.find_images(ec2, image):
+            ids = [img["ImageId"], *aws.snapshots_of(img)]
+            if gone:
+                ec2.delete_tags(Resources=ids, Tags=[{"Key": k} for k in gone])
+            if new:
+                ec2.create_tags(Resources=ids, Tags=aws.tag_list(new))
+            events.log("deploy", f"tags of {', '.join(ids)} set")
+
+
+def retag_proxmox(target: ProxmoxTarget, name: str, key: str, tags: dict[str, str], events: Emitter,
+                  base: Path) -> None:
+    from pim.engine.deploy import proxmox
+
+    found = proxmox.exists(target, BuiltImage(name, key, None), events, base_dir=base)
+    if found is None:
+        raise DeployError(f"the template of {name} (key {key[:16]}) is gone: `pulumi refresh`, then `pulumi up`")
+    vmid = int(found.resources["vmid"])
+    value = ";".join(["pim", proxmox.key_tag(key), *pve_tags(tags)])
+    pve = proxmox.Pve(target, events, base)
+    pve.wait(pve.call(f"set tags of VM {vmid}", lambda: pve.node.qemu(vmid).config.post(tags=value)),
+             f"set tags of VM {vmid}")
+    events.log("deploy", f"tags of template {vmid}: {value}")
+
+
+OPS: dict[str, Callable[[dict[str, Any], Emitter], dict[str, Any]]] = {
+    "build": build, "deploy": deploy, "update": update, "delete": delete,
+}

@@ -1,0 +1,256 @@
+"""Long work (a build, a deploy, a delete) in a child process of the provider.
+
+Why a child: a build must be stoppable. The engine gives a dynamic provider no
+deadline of its own (it sets none on the gRPC call, and the SDK's dynamic server
+drops CreateRequest.timeout), so `customTimeouts` reach the provider as an input
+and are enforced here: at the deadline the child gets SIGTERM, the engine's own
+cleanup stops QEMU and publishes nothing, and the call fails saying so. A child
+also stops with the provider (PR_SET_PDEATHSIG, set by the child itself so the
+parent can spawn it without fork handlers running in a gRPC server), so an
+interrupted `pulumi up` leaves no build behind.
+
+The protocol: the job as one JSON object on the child's stdin (secrets included:
+never argv, never the environment); JSON lines on its stdout, {"event": ...} for
+every engine event, then {"result": ...} or {"error": ...}. The parent relays the
+events to the engine log (pulumi.log; inside the provider process that is its
+stderr, which the engine shows as the provider's output), throttles progress and
+says "still working" when nothing was said for a while, so a long build is never
+silent.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from pim.engine.errors import BuildError, InputError, PimError
+
+HEARTBEAT = 30.0  # seconds of silence before "still working"
+PROGRESS_EVERY = 10.0  # at most one progress line per stage this often
+GRACE = 90.0  # after SIGTERM: time for the engine to stop QEMU and clean up
+
+Log = Callable[[str, str], None]  # (level: info | warning, message)
+
+
+class DeadlineExceeded(PimError):
+    """A customTimeouts deadline passed; the work was stopped."""
+
+
+def pulumi_log(level: str, message: str) -> None:
+    import pulumi.log
+
+    (pulumi.log.warn if level == "warning" else pulumi.log.info)(message)
+
+
+class Relay:
+    """Engine events -> log lines: stages, the engine's own log lines, progress at most every
+    PROGRESS_EVERY seconds per stage, and a heartbeat after HEARTBEAT seconds of silence."""
+
+    def __init__(self, label: str, log: Log, secrets: Iterable[str] = ()):
+        self.label, self.log = label, log
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.started = self.last_said = time.monotonic()
+        self.stage: str | None = None
+        self._progress_at: dict[str, float] = {}
+
+    def say(self, level: str, text: str) -> None:
+        for s in self.secrets:
+            text = text.replace(s, "********")
+        self.log(level, f"{self.label}: {text}")
+        self.last_said = time.monotonic()
+
+    def event(self, e: dict[str, Any]) -> None:
+        kind, stage, msg, data = e.get("kind"), e.get("stage") or "", e.get("message", ""), e.get("data", {})
+        if kind == "stage-begin":
+            self.stage = stage
+            self.say("info", f"{stage} started" + (" (cached)" if data.get("cached") else ""))
+        elif kind == "stage-end":
+            self.say("info", f"{stage} {'cached' if data.get('cached') else 'done'}" + (f": {msg}" if msg else ""))
+        elif kind == "warning":
+            self.say("warning", f"{stage} {msg}".strip())
+        elif kind == "log" and data.get("source") != "console":  # the console is in the build's log file
+            self.say("info", f"[{stage}] {msg}" if stage else msg)
+        elif kind == "progress":
+            done, total = data.get("done", 0), data.get("total")
+            now = time.monotonic()
+            if (total and done >= total) or now - self._progress_at.get(stage, 0.0) >= PROGRESS_EVERY:
+                self._progress_at[stage] = now
+                pct = f" ({100 * done // total}%)" if total else ""
+                self.say("info", f"[{stage}] {msg} {done}/{total or '?'}{pct}".replace("  ", " "))
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_said >= HEARTBEAT:
+            self.say("info", f"still working ({self.stage or 'starting'}, {now - self.started:.0f} s so far)")
+
+
+def run(op: str, job: dict[str, Any], *, label: str, timeout: float | None = None, secrets: Iterable[str] = (),
+        log: Log | None = None) -> dict[str, Any]:
+    """Run ops.OPS[op](job) in a child process; its outputs, or the error it raised."""
+    secrets = [s for s in secrets if s]
+    relay = Relay(label, log or pulumi_log, secrets)
+    proc = subprocess.Popen([sys.executable, "-m", "pim.pulumi_provider.worker", str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drain.start()
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"op": op, "job": job, "secrets": secrets}).encode())
+        proc.stdin.close()
+        outcome = _pump(proc, relay, time.monotonic() + timeout if timeout else None, timeout, op)
+    except BaseException:
+        _stop(proc, relay)
+        raise
+    proc.wait()
+    drain.join(timeout=5)
+    if outcome is None:
+        lines = [relay_redact(line, secrets) for line in tail]
+        raise BuildError(f"{label}: the worker ended ({_status(proc.returncode)}) without an answer", lines)
+    kind, value = outcome
+    if kind == "result":
+        return value
+    error = InputError if value.get("input") else BuildError
+    raise error(f"{label}: {value.get('message', 'failed')}")
+
+
+def relay_redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "********")
+    return text
+
+
+def _pump(proc: subprocess.Popen, relay: Relay, deadline: float | None, timeout: float | None,
+          op: str) -> tuple[str, Any] | None:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    outcome = None
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                relay.say("warning", f"customTimeouts: {op} did not finish within {timeout:.0f} s; stopping it")
+                _stop(proc, relay)
+                raise DeadlineExceeded(f"{relay.label}: did not finish within {timeout:.0f} s (customTimeouts); "
+                                       "it was stopped and nothing was published")
+            if sel.select(timeout=1.0):
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    outcome = _handle(line, relay) or outcome
+            relay.tick()
+    return outcome
+
+
+def _handle(line: bytes, relay: Relay) -> tuple[str, Any] | None:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    if "event" in msg:
+        relay.event(msg["event"])
+        return None
+    if "result" in msg:
+        return "result", msg["result"]
+    if "error" in msg:
+        return "error", msg["error"]
+    return None
+
+
+def _stop(proc: subprocess.Popen, relay: Relay) -> None:
+    """SIGTERM (the engine cleans up: QEMU stopped, nothing published), then SIGKILL after GRACE."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=GRACE)
+    except subprocess.TimeoutExpired:
+        relay.say("warning", f"the worker did not stop within {GRACE:.0f} s of SIGTERM: killing it")
+        proc.kill()
+        proc.wait()
+
+
+def _drain(stream: Any, tail: collections.deque[str]) -> None:
+    for raw in stream:
+        tail.append(raw.decode(errors="replace").rstrip())
+
+
+def _status(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+# ---------------------------------------------------------------- the child
+
+def _term_with_parent(parent: int) -> None:
+    """SIGTERM when the provider dies (PR_SET_PDEATHSIG = 1); not SIGKILL, so QEMU is stopped
+    in order. Set here, not in a preexec_fn: the parent is a threaded gRPC server."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the provider died before prctl took effect
+        raise KeyboardInterrupt("the provider is gone")
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    # The protocol owns the real stdout; anything else printing goes to stderr.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if len(sys.argv) > 1:
+        _term_with_parent(int(sys.argv[1]))
+    lock = threading.Lock()
+
+    def send(obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, default=str)
+        with lock:
+            protocol.write(line + "\n")
+            protocol.flush()
+
+    from pim.engine.events import Emitter
+
+    request = json.loads(sys.stdin.read())
+    events = Emitter(lambda event: send({"event": event.to_json()}))
+    for secret in request.get("secrets", []):
+        events.add_secret(secret)
+    try:
+        from pim.pulumi_provider.ops import OPS
+
+        result = OPS[request["op"]](request["job"], events)
+    except PimError as e:
+        send({"error": {"type": type(e).__name__, "message": events.redact(str(e)),
+                        "input": isinstance(e, InputError)}})
+        return 1
+    except KeyboardInterrupt:
+        send({"error": {"type": "Interrupted", "message": "stopped before it finished; nothing was published"}})
+        return 130
+    except Exception as e:  # a bug or an SDK error: its message, and the traceback on stderr
+        import traceback
+
+        traceback.print_exc()
+        send({"error": {"type": type(e).__name__, "message": events.redact(f"{type(e).__name__}: {e}")}})
+        return 1
+    send({"result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,6 @@ the real artifact to the test AWS (moto) and Proxmox (fake) servers on 127.0.0.1
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from pim.engine.keys import file_digest
 from pim.pulumi_provider.deployment import DeploymentProvider
 from pim.pulumi_provider.image import ImageProvider
 from pim.pulumi_provider.inputs import DEPLOYMENT_OUTPUTS, IMAGE_OUTPUTS
@@ -60,7 +60,7 @@ def test_create_builds_the_image_and_reports_progress(created: dict, servers: tu
     assert created["id"] == outs["content_key"] and len(outs["content_key"]) == 64
     assert Path(outs["path"]).is_file() and outs["format"] == "qcow2" and outs["arch"] == "x86_64"
     manifest = json.loads(Path(outs["manifest_path"]).read_text())
-    assert manifest["artifact"]["sha256"] == outs["sha256"] == _sha256(Path(outs["path"]))
+    assert manifest["artifact"]["sha256"] == outs["sha256"] == file_digest(Path(outs["path"]))
     assert [s["step"] for s in manifest["stages"]["provision"]["steps"]] == ["pulumi-marker"]
     log = servers[0].log
     for line in ("pim.Image e2e: provision started", "step 1:pulumi-marker", "pim.Image e2e: final done"):
@@ -122,7 +122,7 @@ def test_deploy_the_build_as_a_proxmox_template_and_delete_it(created: dict, ser
     vmid = int(outs["vmid"])
     assert id_ == f"pve/{vmid}" and pve.vms[vmid]["template"] == 1
     uploaded = Path(pve.files[outs["volume"]]["path"])
-    assert _sha256(uploaded) == created["outs"]["sha256"]
+    assert file_digest(uploaded) == created["outs"]["sha256"]
     s.delete("tpl", id_, outs)
     assert pve.vms == {} and pve.files == {} and pve.schema_errors == []
     assert TOKEN_SECRET not in s.log
@@ -132,10 +132,3 @@ def test_deleting_the_image_keeps_the_build(created: dict, servers: tuple) -> No
     servers[0].delete("e2e", created["id"], created["outs"])
     assert Path(created["outs"]["path"]).is_file()
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -98,8 +98,25 @@ class _Iface(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
-        threading.Thread(target=self.node.execute, args=(channel, command.decode()), daemon=True).start()
+        # Run only once the request's reply is on the wire (see _Transport): a command
+        # that closes its channel before the reply makes the client see "Channel closed".
+        channel.transport.pending.append((channel, command.decode()))
         return True
+
+
+class _Transport(paramiko.Transport):
+    """Starts queued exec commands after the next message (the exec reply) is sent."""
+
+    def __init__(self, sock: Any, node: "FakeNodeShell"):
+        super().__init__(sock)
+        self.node = node
+        self.pending: list[tuple[Any, str]] = []
+
+    def _send_user_message(self, data: Any) -> None:
+        super()._send_user_message(data)
+        while self.pending:
+            channel, command = self.pending.pop(0)
+            threading.Thread(target=self.node.execute, args=(channel, command), daemon=True).start()
 
 
 class FakeNodeShell:
@@ -128,7 +145,7 @@ class FakeNodeShell:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            t = paramiko.Transport(conn)
+            t = _Transport(conn, self)
             t.add_server_key(self.host_key)
             t.set_subsystem_handler("sftp", paramiko.SFTPServer, _Sftp, self.root)
             self._transports.append(t)

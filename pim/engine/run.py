@@ -11,8 +11,10 @@ import ctypes
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from pim.engine.errors import CommandError
@@ -53,13 +55,29 @@ def run(
     return subprocess.CompletedProcess(argv, proc.returncode, text, "")
 
 
+# QEMU must not outlive PIM: the kernel sends SIGKILL to the child when its parent
+# dies (PR_SET_PDEATHSIG, kept across exec). On Linux util-linux's setpriv sets it
+# and execs the command, so no Python runs between fork and exec: in a process with
+# other threads (the Terraform and Pulumi providers serve gRPC while they build) a
+# preexec_fn can crash or hang the child. Without setpriv, the preexec_fn below,
+# with prctl looked up here in the parent.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: best effort only
+    _prctl = None
+
+
 def _die_with_parent() -> None:
-    # QEMU must not outlive PIM: the kernel sends SIGKILL when the parent dies.
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: best effort only
-        pass
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def with_parent_death(argv: list[str]) -> tuple[list[str], object]:
+    """(argv, preexec_fn) for a child that dies with this process."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, _die_with_parent if os.name == "posix" else None
 
 
 def spawn_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -69,12 +87,13 @@ def spawn_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     down in order) but dies with PIM. stdout/stderr go to log_path.
     """
     log.debug("spawn: %s", shlex.join(argv))
+    full, preexec = with_parent_death(argv)
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            argv,
+            full,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            preexec_fn=preexec,  # type: ignore[arg-type]
         )

@@ -46,6 +46,26 @@ def plan(cfg: Config, name: str, events: Emitter, cache: Path | None = None) -> 
     return job, Store(cache)
 
 
+def image_outputs(manifest_path: Path) -> dict[str, Any]:
+    """What front ends show of a build (Pulumi outputs, Terraform attributes): all from its manifest."""
+    m = json.loads(manifest_path.read_text())
+    art, inputs, lineage = m["artifact"], m.get("inputs", {}), m.get("lineage", {})
+    return {
+        "content_key": m["key"],
+        "stage_keys": {stage: lineage[stage]["key"] for stage in ("install", "provision", "final") if stage in lineage},
+        "path": str(manifest_path.parent / art.get("file", "disk.qcow2")),
+        "sha256": art["sha256"],
+        "size": art["size"],
+        "virtual_size": art.get("virtual_size"),
+        "format": art.get("format", "qcow2"),
+        "compression": art.get("compression"),
+        "arch": inputs.get("arch", "x86_64"),
+        "firmware": inputs.get("firmware", "bios"),
+        "manifest_path": str(manifest_path),
+        "created": m.get("created"),
+    }
+
+
 def content_keys(cfg: Config, name: str, cache: Path | None = None) -> dict[str, str]:
     """The stage keys of an image without building or downloading anything.
 

@@ -85,14 +85,14 @@ class ImageProvider(ResourceProvider):
         found = lookup(cfg, name)
         if found is None:  # the artifact went missing meanwhile: build it again
             return UpdateResult(self._build(inputs, "update"))
-        from pim.pulumi_provider.ops import image_outputs
+        from pim.engine.build import image_outputs
 
         return UpdateResult(image_outputs(found.manifest_path) | _echo(inputs))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         from pim.engine.paths import cache_dir
         from pim.engine.store import Store
-        from pim.pulumi_provider.ops import image_outputs
+        from pim.engine.build import image_outputs
 
         key = props.get("content_key") or id_
         store = Store(cache_dir())

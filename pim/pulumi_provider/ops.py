@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from pim.engine.build import image_outputs
 from pim.engine.deploy.model import BuiltImage, DeployError, DeployResult
 from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, TargetSpec
 from pim.engine.errors import InputError
@@ -19,26 +20,6 @@ from pim.pulumi_provider.inputs import (DEPLOYMENT_OUTPUTS, image_config, pve_ta
                                         target_view)
 
 # ---------------------------------------------------------------- pim.Image
-
-
-def image_outputs(manifest_path: Path) -> dict[str, Any]:
-    """An Image's outputs, all read from its build's manifest."""
-    m = json.loads(manifest_path.read_text())
-    art, inputs, lineage = m["artifact"], m.get("inputs", {}), m.get("lineage", {})
-    return {
-        "content_key": m["key"],
-        "stage_keys": {stage: lineage[stage]["key"] for stage in ("install", "provision", "final") if stage in lineage},
-        "path": str(manifest_path.parent / art.get("file", "disk.qcow2")),
-        "sha256": art["sha256"],
-        "size": art["size"],
-        "virtual_size": art.get("virtual_size"),
-        "format": art.get("format", "qcow2"),
-        "compression": art.get("compression"),
-        "arch": inputs.get("arch", "x86_64"),
-        "firmware": inputs.get("firmware", "bios"),
-        "manifest_path": str(manifest_path),
-        "created": m.get("created"),
-    }
 
 
 def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
@@ -75,14 +56,11 @@ def built_image(job: dict[str, Any], required: bool = True) -> BuiltImage:
 def deployment_outputs(result: DeployResult, target: TargetSpec, name: str, base: Path) -> dict[str, Any]:
     out: dict[str, Any] = dict.fromkeys(DEPLOYMENT_OUTPUTS)
     out.update(type=result.type, target_name=name, target_view=target_view(target), target_base_dir=str(base))
-    res = result.resources
+    ids = result.ids(getattr(target, "region", None))
     if isinstance(target, ProxmoxTarget):
-        out.update(vmid=int(res["vmid"]), node=res["node"], volume=res.get("volume") or "")
+        out.update(ids, volume=result.resources.get("volume") or "")
     else:
-        regions = res["regions"]
-        out.update(regions=regions, ami_id=regions[target.region]["ami"], snapshot_id=regions[target.region]["snapshot"],
-                   ami_ids={r: v["ami"] for r, v in regions.items()},
-                   snapshot_ids={r: v["snapshot"] for r, v in regions.items()})
+        out.update(ids, regions=result.resources["regions"])
     return out
 
 

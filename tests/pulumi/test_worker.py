@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pim.engine.errors import InputError
+from pim.engine import relay as relay_module
 from pim.pulumi_provider import worker
 
 
@@ -36,7 +37,7 @@ def test_relay_says_stages_logs_and_warnings_and_hides_secrets_and_the_console()
 
 
 def test_relay_throttles_progress_and_says_when_it_is_still_working(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(relay_module, "HEARTBEAT", 0.2)
     lines: list = []
     r = relay(lines)
     for done in range(0, 100, 10):

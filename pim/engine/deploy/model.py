@@ -75,3 +75,15 @@ class DeployResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def ids(self, region: str | None = None) -> dict[str, Any]:
+        """What front ends show: Proxmox vmid and node; AWS the AMI and snapshot in
+        `region` (the target's own) and both per region."""
+        res = self.resources
+        if self.type == "proxmox":
+            return {"vmid": int(res["vmid"]), "node": res["node"]}
+        regions = res["regions"]
+        home = regions[region] if region in regions else next(iter(regions.values()))
+        return {"ami_id": home["ami"], "snapshot_id": home["snapshot"],
+                "ami_ids": {r: v["ami"] for r, v in regions.items()},
+                "snapshot_ids": {r: v["snapshot"] for r, v in regions.items()}}

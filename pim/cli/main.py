@@ -22,7 +22,7 @@ def fail(err: BaseException) -> "typer.Exit":
 
 
 def _register() -> None:
-    from pim.cli import build, deploy, doctor, images, validate, vm
+    from pim.cli import build, deploy, doctor, images, tofu, validate, vm
 
     app.command("build")(build.build)
     app.command("deploy")(deploy.deploy)
@@ -31,6 +31,7 @@ def _register() -> None:
     app.command("doctor")(doctor.doctor)
     app.add_typer(vm.app, name="vm", help="Inspect and control running build VMs")
     app.add_typer(images.app, name="images", help="List, inspect, remove and garbage-collect built images")
+    app.add_typer(tofu.app, name="tofu", help="Terraform / OpenTofu helpers (external data source)")
 
 
 def main() -> None:

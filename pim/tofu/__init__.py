@@ -1,0 +1,1 @@
+"""Terraform / OpenTofu front ends: the external-data helper and the native provider."""

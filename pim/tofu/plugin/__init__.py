@@ -1,0 +1,1 @@
+"""A small tfplugin6 provider server: go-plugin handshake, TLS, cty values, schemas."""

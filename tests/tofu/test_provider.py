@@ -1,0 +1,103 @@
+"""PIM's provider process and its tfplugin6 service, with no image built: the handshake
+under real terraform, diagnostics on the right attribute, state upgrades."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pim.tofu.plugin import cty
+from pim.tofu.plugin.base import Diag
+from pim.tofu.plugin.proto import M
+from pim.tofu.plugin.server import MainThread, Service
+from pim.tofu.provider import PimProvider
+from tests.tofu.tf import Terraform, needs_terraform
+
+
+MISSING_CONFIG_TF = (
+    'terraform {\n  required_providers {\n    pim = { source = "pim.invalid/pim/pim" }\n  }\n}\n'
+    'resource "pim_image" "web" {\n  config = "missing.yaml"\n  image  = "web"\n}\n')
+
+
+def service() -> Service:
+    return Service(PimProvider(), MainThread())
+
+
+def test_the_binary_refuses_to_run_outside_terraform() -> None:
+    proc = subprocess.run(["terraform-provider-pim"], capture_output=True, text=True, env={"PATH": _venv_bin()})
+    assert proc.returncode == 1 and "Terraform runs it" in proc.stderr and proc.stdout == ""
+
+
+def _venv_bin() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent)
+
+
+def test_schema_lists_the_resources_and_the_data_source() -> None:
+    resp = M["GetProviderSchemaResponse"]()
+    service().GetProviderSchema(M["Empty"](), resp)
+    resources = {e.key: e.value for e in resp.resource_schemas}
+    assert set(resources) == {"pim_image", "pim_deployment"}
+    assert [e.key for e in resp.data_source_schemas] == ["pim_image"]
+    attrs = {a.name: a for a in resources["pim_image"].block.attributes}
+    assert attrs["config"].required and attrs["key"].computed and json.loads(attrs["size"].type) == "number"
+
+
+def test_upgrade_fills_attributes_an_older_state_lacks() -> None:
+    req = M["UpgradeResourceStateRequest"](type_name="pim_image", version=0)
+    req.raw_state.json = json.dumps({"config": "pim.yaml", "image": "web", "key": "k" * 64, "size": 12}).encode()
+    resp = M["UpgradeResourceStateResponse"]()
+    service().UpgradeResourceState(req, resp)
+    state = cty.decode(resp.upgraded_state.msgpack)
+    assert state["key"] == "k" * 64 and state["size"] == 12 and state["firmware"] is None
+    assert set(state) == {a.name for a in PimProvider.resources["pim_image"].schema.attrs}
+
+
+def test_a_state_from_a_newer_schema_is_refused() -> None:
+    req = M["UpgradeResourceStateRequest"](type_name="pim_image", version=7)
+    req.raw_state.json = b'{"config": "pim.yaml"}'
+    with pytest.raises(Diag, match="newer provider"):
+        service().UpgradeResourceState(req, M["UpgradeResourceStateResponse"]())
+
+
+@needs_terraform
+def test_plan_reports_a_bad_config_on_its_attribute(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(MISSING_CONFIG_TF)
+    tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(tmp_path / "cache")})
+    proc = tf("plan", ok=(1,))
+    assert "missing.yaml" in proc.stderr and "cannot read the config" in proc.stderr
+    assert 'config = "missing.yaml"' in proc.stderr  # Terraform points at the attribute
+
+
+@needs_terraform
+def test_the_external_helper_error_reaches_terraform(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'data "external" "img" {\n  program = ["pim", "tofu", "external"]\n'
+        '  query   = { config = "nowhere.yaml", image = "web" }\n}\n')
+    tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(tmp_path / "cache")})
+    proc = tf("plan", ok=(1,))
+    assert "External Program Execution Failed" in proc.stderr and "nowhere.yaml" in proc.stderr
+
+
+@needs_terraform
+def test_a_filesystem_mirror_made_by_pim_tofu_mirror_installs_the_provider(tmp_path: Path) -> None:
+    import os
+
+    from tests.tofu.tf import TERRAFORM
+
+    rc = subprocess.run([str(Path(_venv_bin()) / "pim"), "tofu", "mirror", str(tmp_path / "mirror")],
+                        capture_output=True, text=True, check=True).stdout
+    (tmp_path / "cli.rc").write_text(rc)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "main.tf").write_text(MISSING_CONFIG_TF)
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(tmp_path / "cli.rc"), "HOME": str(tmp_path / "home"),
+           "CHECKPOINT_DISABLE": "1", "PIM_CACHE_DIR": str(tmp_path / "cache")}
+    init = subprocess.run([str(TERRAFORM), "init", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert "Installing pim.invalid/pim/pim v0.1.0" in init.stdout
+    plan = subprocess.run([str(TERRAFORM), "plan", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert plan.returncode == 1 and "missing.yaml" in plan.stderr and "cannot read the config" in plan.stderr

@@ -1,4 +1,9 @@
-"""The install stage: boot the installer, serve its answer file, wait for it to finish."""
+"""The install stage: boot the installer, serve its answer file, wait for it to finish.
+
+The installer is watched on two streams: the serial console (every installer) and
+its own log stream, received as UDP syslog where the installer can send one
+(d-i's log_host/log_port). A known failure line on either ends the build at once.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,15 @@ from pathlib import Path
 
 from pim.engine import iso as isofs
 from pim.engine.answers import AnswerServer
-from pim.engine.console import ConsoleWatcher
+from pim.engine.console import BASE_FAILURES, ConsoleWatcher, LineWatch, Patterns
 from pim.engine.errors import InstallerFailed
-from pim.engine.installers import render
+from pim.engine.installers import families, render
 from pim.engine.installers.prepare import answer_name, installer_variables, prepare
+from pim.engine.installers.syslog import SyslogReceiver
 from pim.engine.job import Job
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
+from pim.engine.spec import Family
 from pim.engine.ssh import KeyPair
 
 STAGE = "install"
@@ -27,7 +34,14 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
     events.add_secret(password)
     name = answer_name(spec)
 
-    with AnswerServer({}, events, STAGE) as server, job.package_cache() as proxy:
+    family = None if inst.family == Family.custom else families.get(inst.family.value)
+    log_patterns = family.log_patterns(inst.failure_patterns) if family else Patterns(
+        failures=(*BASE_FAILURES, *inst.failure_patterns))
+
+    with AnswerServer({}, events, STAGE) as server, SyslogReceiver(events, STAGE, log_patterns) as syslog, \
+            job.package_cache() as proxy:
+        events.add_secret(server.token)  # the answer URL reaches the console and the log stream
+        log_host, log_port = syslog.guest_address
         variables: dict[str, object] = {
             **installer_variables(spec),
             "proxy_url": proxy.url(),
@@ -36,8 +50,11 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
             "ssh_public_key": key.public_openssh,
             "http_url": server.url(),
             "answer_url": server.url(name),
+            "log_host": log_host,
+            "log_port": log_port,
         }
         prepared = prepare(job.cfg, spec, job.iso, variables)
+        events.add_secret(prepared.variables.get("ssh_password_hash"))
         for served, content in prepared.files.items():
             server.add(served, content)
         boot = prepared.boot
@@ -46,11 +63,13 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
             kernel, initrd = job.work / "kernel", job.work / "initrd"
             isofs.extract(job.iso, {boot.kernel: kernel, boot.initrd: initrd})
             append = render(boot.params, prepared.variables, "installer.boot.params")
+            if family and family.log_params and inst.boot is None:  # detected boot: ask for the log stream
+                append += " " + render(family.log_params, prepared.variables, f"{family.name} log parameters")
         vm_cfg = job.vm_config(STAGE, disk, cdrom=job.iso, kernel=kernel, initrd=initrd, append=append, no_reboot=True)
 
         started = time.monotonic()
         with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
-            vm_cfg.serial_log, events, STAGE, prepared.failure_patterns
+            vm_cfg.serial_log, events, STAGE, prepared.failure_patterns, family.progress if family else ()
         ) as console:
             if boot.command:
                 typed = [render(chunk, prepared.variables, "installer.boot.command") for chunk in boot.command]
@@ -58,22 +77,29 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
                 _type_boot_command(vm, typed, boot.command_delay)
             deadline = started + inst.timeout
             while not vm.wait(0.5):
-                if console.failure:
-                    raise InstallerFailed(f"the installer failed: {console.failure}", console.tail())
+                _check(syslog.watch, console.watch)
                 if time.monotonic() > deadline:
                     raise InstallerFailed(
                         f"the install did not finish within {inst.timeout:.0f}s (installer.timeout)", console.tail()
                     )
             console.drain()
-            if console.failure:
-                raise InstallerFailed(f"the installer failed: {console.failure}", console.tail())
+            syslog.drain()
+            _check(syslog.watch, console.watch)
             if vm.returncode != 0:
                 raise InstallerFailed(f"QEMU exited with status {vm.returncode} during the install", console.tail())
         seconds = time.monotonic() - started
         if name not in server.fetched:
             events.warning(STAGE, "the installer finished without fetching its answer file")
         events.log(STAGE, f"install finished in {seconds:.0f}s")
-        return {"seconds": round(seconds, 1), "answer_fetched": name in server.fetched}
+        return {"seconds": round(seconds, 1), "answer_fetched": name in server.fetched,
+                "log_datagrams": syslog.datagrams}
+
+
+def _check(*watches: LineWatch) -> None:
+    """Fail with the first stream that saw a failure line (the log stream names step and file)."""
+    for watch in watches:
+        if watch.failure:
+            raise InstallerFailed(f"the installer failed{watch.describe()}", watch.tail())
 
 
 def _type_boot_command(vm: Machine, command: list[str], delay: float) -> None:

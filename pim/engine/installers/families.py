@@ -4,16 +4,19 @@ A family is what PIM knows about one installer: which files it fetches, the
 kernel command line that points it at them, and the serial-console lines that
 mean it failed (so a build stops at once with the log tail) or moved on (so a
 long install shows where it is). Kernel panics are caught by PIM for every family.
+Where the installer can send its own log stream (d-i's remote syslog), the family
+says how to ask for it and what its lines mean.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from pim.engine.console import BASE_FAILURES, Patterns
 from pim.engine.errors import Problem, SpecError
 from pim.engine.installers import render
 
@@ -25,7 +28,18 @@ class Family:
     answer_name: str  # the served file {{ answer_url }} points at
     boot_params: str  # Jinja; see layouts.py for the ISO-specific variables
     failure_patterns: tuple[str, ...]
-    progress: tuple[tuple[str, str], ...]  # (regex, short label), in install order
+    progress: tuple[tuple[str, str], ...]  # (regex, short label), in install order; console and log stream
+    # The installer's own log stream (see syslog.py), where it can send one:
+    log_params: str = ""  # Jinja, appended to detected boot params; {{ log_host }}, {{ log_port }}
+    log_failures: tuple[str, ...] = ()  # log lines that end the build
+    log_step: str | None = None  # group "step": the installer component that starts
+    log_fetch: tuple[str, ...] = ()  # group "file": a download that starts (or fails)
+    log_fetch_error: str | None = None  # the download named last failed
+
+    def log_patterns(self, extra_failures: Sequence[str] = ()) -> Patterns:
+        """What the install stage looks for in the family's log stream."""
+        return Patterns(failures=(*BASE_FAILURES, *self.log_failures, *extra_failures), progress=self.progress,
+                        step=self.log_step, fetch=self.log_fetch, fetch_error=self.log_fetch_error)
 
 
 FAMILIES: dict[str, Family] = {
@@ -46,15 +60,42 @@ FAMILIES: dict[str, Family] = {
             r"Failed to (?:create a file system|partition)",
             r"Download debconf preconfiguration file.*failed",
         ),
+        # Console dialog titles, and d-i's main menu items as its syslog names them.
         progress=(
-            (r"Loading additional components|Retrieving .*\.udeb", "installer components"),
-            (r"Partition disks|Partitioning", "partitioning"),
-            (r"Installing the base system", "base system"),
-            (r"Configuring the package manager|Configuring apt", "package manager"),
-            (r"Select and install software|Installing software", "packages"),
-            (r"Install(?:ing)? the GRUB boot loader", "boot loader"),
-            (r"Finishing the installation", "finishing"),
+            (r"successfully loaded preseed file", "preseed loaded"),
+            (r"Loading additional components|Retrieving .*\.udeb|Menu item 'download-installer'",
+             "installer components"),
+            (r"Partition disks|Partitioning|Menu item 'partman-base'", "partitioning"),
+            (r"Installing the base system|Menu item 'bootstrap-base'", "base system"),
+            (r"Configuring the package manager|Configuring apt|Menu item 'apt-setup-udeb'", "package manager"),
+            (r"Select and install software|Installing software|Menu item 'pkgsel'", "packages"),
+            (r"Install(?:ing)? the GRUB boot loader|Menu item 'grub-installer'", "boot loader"),
+            (r"Finishing the installation|Menu item 'finish-install'", "finishing"),
         ),
+        # d-i's busybox syslogd forwards everything over UDP; the guest sees the
+        # host's loopback as 10.0.2.2. Lines as they arrive (RFC 3164 minus host):
+        #   main-menu[255]: INFO: Menu item 'download-installer' selected
+        #   net-retriever: regular: pool/main/a/apt-setup/apt-mirror-setup_0.182_all.udeb /var/cache/anna/...
+        #   anna[2858]: http://<mirror>/debian/pool/main/a/apt-setup/apt-mirror-setup_0.182_all.udeb:
+        #   anna[2858]: 2026-11-26 12:53:45 ERROR 404: Not Found.
+        #   anna[2858]: WARNING **: package retrieval failed
+        log_params="log_host={{ log_host }} log_port={{ log_port }}",
+        log_failures=(
+            r"package retrieval failed",  # anna: a udeb could not be downloaded
+            r"Configuring '[^']+' failed with error code",  # main-menu: "Installation step failed"
+            r"\berror: exiting on error\b",  # base-installer, apt-setup, pkgsel...
+            r"\b(?:[Ff]ailed|[Uu]nable) to (?:retrieve|download)\b|Couldn't (?:retrieve|download)\b",
+            r"\berror: .*retriev",
+            r"\bE: (?:Failed to fetch|Unable to fetch|Couldn't download)\b",  # apt in the target
+        ),
+        log_step=r"main-menu\[\d+\]: INFO: Menu item '(?P<step>[^']+)' selected",
+        log_fetch=(
+            r"net-retriever: \w+: (?P<file>\S+) /\S+$",
+            r"^\S+: (?P<file>(?:https?|ftp)://\S+):$",  # wget names a URL alone only when it failed
+            r"\bE: Failed to fetch (?P<file>\S+)",
+        ),
+        log_fetch_error=r"\bERROR \d{3}\b.*|\b(?:\d{3}\s+Not Found|Connection refused|Network is unreachable|"
+                        r"bad address|Name or service not known|Connection timed out)\b",
     ),
     "ubuntu": Family(
         name="ubuntu",

@@ -62,10 +62,14 @@ def _flat(values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def run(query: dict[str, str]) -> dict[str, str]:
+def _progress(event: Any) -> None:
+    if event.kind in ("stage-begin", "warning"):
+        print(f"pim: {event.stage or ''} {event.message}".rstrip(), file=sys.stderr)
+
+
+def run(query: dict[str, str], events: Any) -> dict[str, str]:
     from pim.engine import build as engine
     from pim.engine.build import image_outputs
-    from pim.engine.events import Emitter
     from pim.engine.spec import load_config
 
     if query.get("cache_dir"):
@@ -82,8 +86,9 @@ def run(query: dict[str, str]) -> dict[str, str]:
     if found is None and not building:
         raise QueryError(f"image {name!r} is not built for its current inputs: run `pim build {name} "
                          f"--config {query['config']}`, or set mode = \"build\" in the query")
-    events = Emitter(lambda e: print(f"pim: {e.stage or ''} {e.message}".rstrip(), file=sys.stderr)
-                     if e.kind in ("stage-begin", "warning") else None)
+    password = cfg.images[name].ssh.password
+    if password is not None:
+        events.add_secret(password.get_secret_value())
     result = found or engine.build(cfg, name, events)
     out = {k: v for k, v in image_outputs(result.manifest_path).items() if k not in ("stage_keys", "created")}
     out = {"image": name, "key": out.pop("content_key")} | out
@@ -114,11 +119,13 @@ def _deployment(query: dict[str, str], cfg: Any, target: Any, result: Any, build
 
 def main(stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     from pim.engine.errors import PimError
+    from pim.engine.events import Emitter
 
+    events = Emitter(_progress)
     try:
-        result = run(parse_query(stdin.read()))
+        result = run(parse_query(stdin.read()), events)
     except (QueryError, PimError) as e:
-        print(f"pim tofu external: {e}", file=stderr)
+        print(f"pim tofu external: {events.redact(str(e))}", file=stderr)
         return 2 if isinstance(e, QueryError) else getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         print("pim tofu external: interrupted", file=stderr)

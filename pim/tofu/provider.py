@@ -72,12 +72,15 @@ def _emitter() -> Any:
     return Emitter(lambda e: relay.event(e.to_json()))
 
 
-def _errors(e: Exception, attribute: str = "config") -> Diags:
+def _errors(e: Exception, attribute: str = "config", events: Any = None) -> Diags:
+    """Engine errors as diagnostics: one per config problem, or the message with its log
+    tail as the detail (secrets the build knows of redacted)."""
     from pim.engine.errors import SpecError
 
     if isinstance(e, SpecError):
         return Diags([Diag(f"{e.source}: {p}", "", attribute) for p in e.problems])
-    return Diags([Diag(str(e).splitlines()[0], "\n".join(str(e).splitlines()[1:]), attribute)])
+    lines = (events.redact(str(e)) if events is not None else str(e)).splitlines() or [type(e).__name__]
+    return Diags([Diag(lines[0], "\n".join(lines[1:]), attribute)])
 
 
 class _Config:
@@ -96,6 +99,13 @@ class _Config:
             raise _errors(e) from None
 
 
+def _config_exists(config: dict[str, Any]) -> None:
+    """Validation runs in a provider process of its own on every plan: keep it to a stat.
+    The plan loads the config and reports each problem on its attribute."""
+    if _known(config, "config") and not Path(config["config"]).is_file():
+        raise Diag(f"{config['config']}: cannot read the config: no such file", "", "config")
+
+
 def _image_attrs(manifest_path: Path) -> dict[str, Any]:
     from pim.engine.build import image_outputs
 
@@ -112,8 +122,7 @@ class ImageResource(Resource):
     schema = IMAGE_SCHEMA
 
     def validate(self, config: dict[str, Any]) -> None:
-        if _known(config, "config", "image"):
-            _Config.load(config)
+        _config_exists(config)
 
     def plan(self, prior: dict[str, Any] | None, proposed: dict[str, Any], config: dict[str, Any]) -> Plan:
         if not _known(proposed, "config", "image"):
@@ -144,7 +153,7 @@ class ImageResource(Resource):
         try:
             result = build(cfg, planned["image"], events)
         except PimError as e:
-            raise _errors(e, "image") from None
+            raise _errors(e, "image", events) from None
         return planned | _image_attrs(result.manifest_path)
 
     def read(self, state: dict[str, Any]) -> dict[str, Any] | None:
@@ -209,8 +218,7 @@ class DeploymentResource(Resource):
         return cfg, cfg.targets[values["target"]]
 
     def validate(self, config: dict[str, Any]) -> None:
-        if _known(config, "config", "image", "target"):
-            self._target(config)
+        _config_exists(config)
 
     def plan(self, prior: dict[str, Any] | None, proposed: dict[str, Any], config: dict[str, Any]) -> Plan:
         if _known(proposed, "config", "image", "target"):

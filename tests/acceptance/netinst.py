@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""A real Debian 12 installer ISO in the official netinst layout, for the acceptance test.
+
+Debian ships its installer as the package debian-installer-12-netboot-amd64; its
+text-mode kernel and initrd go to /install.amd/vmlinuz and initrd.gz, beside
+isolinux and .disk/info, as on Debian's netinst CD. The initrd is the netboot one:
+it loads the rest of the installer (udebs) from the mirror, not from the CD.
+
+    python3 tests/acceptance/netinst.py --cache-dir DIR    # prints the ISO path
+
+Stdlib only. The .deb comes from the host's apt (`apt-get download`), is kept in
+the cache dir and reused while apt offers the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PACKAGE = "debian-installer-12-netboot-amd64"
+IMAGES = Path("usr/lib/debian-installer/images/12/amd64/text")
+REQUIRED_DEBIAN_PACKAGES = ("xorriso", "isolinux", "syslinux-common")
+LAYOUT_VERSION = "1"  # bump when the ISO's layout changes
+VOLUME_ID = "Debian 12 amd64 n"  # as Debian's netinst CDs: "Debian 12.x.0 amd64 n"
+ISOLINUX_CFG = """default install
+prompt 0
+timeout 0
+label install
+  kernel /install.amd/vmlinuz
+  append initrd=/install.amd/initrd.gz priority=low ---
+"""
+
+
+class NetinstError(RuntimeError):
+    pass
+
+
+def run(argv: list[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+        raise NetinstError(f"exit status {proc.returncode}: {' '.join(argv)}\n{tail}")
+    return proc.stdout
+
+
+def _offered() -> tuple[str, str] | None:
+    """(file name, sha256) of the .deb apt would download now, None if apt knows none."""
+    for attempt in range(2):
+        out = subprocess.run(["apt-get", "download", "--print-uris", PACKAGE], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            _url, name, _size, digest = line.split()
+            if digest.startswith("SHA256:"):
+                return name, digest.split(":", 1)[1]
+        if attempt == 0:  # package lists missing: fetch them once
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def installer_deb(cache_dir: Path) -> tuple[Path, str]:
+    """The installer package and its sha256, downloaded into cache_dir unless the same file is there."""
+    offered = _offered()
+    if offered is None:
+        cached = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
+        if cached:
+            return cached[-1], _sha256(cached[-1])  # offline: whatever was downloaded last
+        raise NetinstError(f"apt offers no {PACKAGE}, even after `apt-get update`")
+    name, digest = offered
+    deb = cache_dir / name
+    if deb.exists() and _sha256(deb) == digest:
+        return deb, digest
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        os.chmod(tmp, 0o755)  # apt's sandbox user may write here
+        run(["apt-get", "download", "-q", PACKAGE], cwd=Path(tmp))
+        got = Path(tmp) / name
+        if not got.exists() or _sha256(got) != digest:
+            raise NetinstError(f"apt-get download did not produce {name} with sha256 {digest}")
+        os.replace(got, deb)
+    for old in cache_dir.glob(f"{PACKAGE}_*.deb"):
+        if old != deb:
+            old.unlink()
+    return deb, digest
+
+
+def assemble(deb: Path, iso: Path) -> None:
+    """The netinst-layout ISO from the installer package, written to iso."""
+    isolinux_bin = Path("/usr/lib/ISOLINUX/isolinux.bin")
+    ldlinux = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+    mbr = Path("/usr/lib/ISOLINUX/isohdpfx.bin")
+    for needed in (isolinux_bin, ldlinux, mbr):
+        if not needed.exists():
+            raise NetinstError(f"{needed} is missing: install {' '.join(REQUIRED_DEBIAN_PACKAGES)}")
+    with tempfile.TemporaryDirectory(dir=iso.parent) as tmp:
+        work = Path(tmp)
+        run(["dpkg-deb", "-x", str(deb), str(work / "deb")])
+        images = work / "deb" / IMAGES
+        version = (images / "version.info").read_text().split("Installer build:")[-1].strip()
+        tree = work / "iso"
+        for d in ("install.amd", "isolinux", ".disk"):
+            (tree / d).mkdir(parents=True)
+        shutil.copy(images / "debian-installer/amd64/linux", tree / "install.amd/vmlinuz")
+        shutil.copy(images / "debian-installer/amd64/initrd.gz", tree / "install.amd/initrd.gz")
+        shutil.copy(isolinux_bin, tree / "isolinux")
+        shutil.copy(ldlinux, tree / "isolinux")
+        (tree / "isolinux/isolinux.cfg").write_text(ISOLINUX_CFG)
+        (tree / ".disk/info").write_text(f'Debian GNU/Linux 12 "Bookworm" - Official amd64 NETINST '
+                                         f"(installer {version}, assembled from {PACKAGE})\n")
+        partial = work / "out.iso"
+        run(["xorriso", "-as", "mkisofs", "-quiet", "-r", "-J", "-V", VOLUME_ID, "-o", str(partial),
+             "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",
+             "-boot-info-table", "-isohybrid-mbr", str(mbr), str(tree)])
+        os.replace(partial, iso)
+
+
+def build_netinst_iso(cache_dir: Path) -> Path:
+    """The ISO in cache_dir, assembled first if the installer package changed."""
+    cache_dir = Path(cache_dir).resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".netinst.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download and assembly per cache dir at a time
+        deb, digest = installer_deb(cache_dir)
+        key = hashlib.sha256(f"{LAYOUT_VERSION}\0{digest}".encode()).hexdigest()[:16]
+        iso = cache_dir / f"debian-12-netinst-{key}.iso"
+        if not iso.exists():
+            assemble(deb, iso)
+            for old in cache_dir.glob("debian-12-netinst-*.iso"):
+                if old != iso:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+        return iso
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--cache-dir", type=Path, required=True)
+    try:
+        print(build_netinst_iso(cli.parse_args().cache_dir))
+    except NetinstError as e:
+        sys.exit(f"netinst: {e}")

@@ -1,7 +1,9 @@
 """Run the real terraform binary in a sandbox: a temporary HOME, CHECKPOINT_DISABLE=1,
 and a CLI config whose dev_overrides serve PIM's provider (and the stand-in for
-hashicorp/external) without `terraform init`; hashicorp/aws comes from the
-filesystem mirror the machine image carries, when it does."""
+hashicorp/external) without `terraform init`. Configurations that need hashicorp/aws
+get it from the filesystem mirror the machine image carries, and then take PIM's
+provider and the stand-in from a filesystem mirror too (`terraform init` does not
+skip dev-overridden providers while it installs the others)."""
 
 from __future__ import annotations
 
@@ -62,18 +64,21 @@ class Terraform:
         self.workdir = workdir
         home = sandbox / "home"
         home.mkdir(parents=True, exist_ok=True)
-        overrides = {"pim.invalid/pim/pim": str(Path(sys.executable).parent)}
         mirror = aws_mirror() if aws else None
+        lines = ["provider_installation {"]
         if mirror is None:
-            overrides["hashicorp/external"] = str(standin_dir(sandbox))
-        lines = ["provider_installation {", "  dev_overrides {"]
-        lines += [f'    "{src}" = "{path}"' for src, path in overrides.items()]
-        lines += ["  }"]
-        if mirror is not None:
+            overrides = {"pim.invalid/pim/pim": str(Path(sys.executable).parent),
+                         "hashicorp/external": str(standin_dir(sandbox))}
+            lines += ["  dev_overrides {", *(f'    "{src}" = "{path}"' for src, path in overrides.items()), "  }"]
+        else:  # everything through `terraform init`: PIM's provider as `pim tofu mirror` installs it
+            from pim.tofu import mirror as pim_mirror
+
             host = next(p.name for p in mirror.iterdir() if (p / "hashicorp/aws").is_dir())
+            local = standin_mirror(sandbox, host)
+            pim_mirror.install(local)
             lines += ["  filesystem_mirror {", f'    path    = "{mirror}"', '    include = ["hashicorp/aws"]', "  }"]
-            lines += ["  filesystem_mirror {", f'    path    = "{standin_mirror(sandbox, host)}"',
-                      '    include = ["hashicorp/external"]', "  }"]
+            lines += ["  filesystem_mirror {", f'    path    = "{local}"',
+                      f'    include = ["hashicorp/external", "{pim_mirror.SOURCE}"]', "  }"]
         lines += ["}"]
         cli_config = sandbox / "terraform.rc"
         cli_config.write_text("\n".join(lines) + "\n")

@@ -28,11 +28,11 @@ test: setup
 acceptance: setup
 	$(VENV)/bin/pytest -m acceptance
 
+# The real Debian installer when the host's mirror serves it, else the fixture ISO
+# (scripts/demo-installer says which and why in one line).
 demo: setup
-	@iso=$$($(PY) tests/fixtures/installer/build.py --cache-dir $(FIXTURE_CACHE)) && \
-	  ln -sf "$$iso" examples/demo/installer.iso
-	@echo "demo: building from the fixture installer ISO (offline; real distribution ISOs: see README)" >&2
-	@$(VENV)/bin/pim build demo --config examples/demo/pim.yaml
+	@cfg=$$($(PY) scripts/demo-installer --cache-dir $(FIXTURE_CACHE)) && \
+	  $(VENV)/bin/pim build demo --config "$$cfg"
 
 bench: setup
 	cd bench && ../$(PY) cache_bench.py && ../$(PY) deploy_bench.py && ../$(PY) pulumi_bench.py && ../$(PY) tofu_bench.py

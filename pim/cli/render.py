@@ -67,7 +67,7 @@ class HumanRenderer:
             self._progress.update(task, completed=event.data.get("done", 0), total=event.data.get("total"))
         elif event.kind == "log" and stage:
             self._progress.update(self._task(stage), note=msg[-60:])
-            if self.verbose or event.data.get("source") not in ("console", "ssh", "http", "pkgcache"):
+            if self.verbose or event.data.get("source") not in ("console", "syslog", "ssh", "http", "pkgcache"):
                 self._progress.console.print(f"  [dim]{stage}[/dim] {msg}")
 
     def _plain(self, event: Event, stage: str, msg: str) -> None:
@@ -80,7 +80,7 @@ class HumanRenderer:
             if total and done == total:
                 self._print(f"  {stage} {msg} {done >> 20} MiB")
         elif event.kind == "log":
-            if event.data.get("source") == "console" and not self.verbose:
+            if event.data.get("source") in ("console", "syslog") and not self.verbose:
                 return
             self._print(f"  [bold]{stage}[/bold] {msg}")
 

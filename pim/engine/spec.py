@@ -148,7 +148,7 @@ class Installer(_Model):
     keyboard: str | None = Field(None, description="XKB layout, e.g. us")
     boot: Boot | None = Field(None, description="Boot method; default: detected from the ISO for the built-in families")
     timeout: Duration = Field(3600.0, description="Deadline for the whole install")
-    failure_patterns: list[str] = Field([], description="Extra regexes that fail the install when seen on the console")
+    failure_patterns: list[str] = Field([], description="Extra regexes that fail the install when seen on the console or in the installer's log stream")
 
     _template = field_validator("template")(_check_file)
 

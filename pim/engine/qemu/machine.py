@@ -163,14 +163,19 @@ class Machine:
             if time.monotonic() > deadline:
                 raise VMError(f"QEMU did not open its QMP socket within {timeout:.0f}s", self._qemu_log_tail())
             time.sleep(0.05)
-        try:
-            self.qmp().close()
-        except VMError:
-            if self.wait(2.0):  # it made the socket, then gave up (a bad device, say)
-                raise VMError(
-                    f"QEMU exited at start with status {self.proc.returncode}", self._qemu_log_tail()
-                ) from None
-            raise
+        # The socket file appears at bind(), a moment before listen(): a connection in
+        # between is refused (a window that grows on a loaded host). Retry until the deadline.
+        while True:
+            try:
+                self.qmp().close()
+                return
+            except VMError:
+                if self.wait(0.1 if time.monotonic() < deadline else 2.0):  # it gave up (a bad device, say)
+                    raise VMError(
+                        f"QEMU exited at start with status {self.proc.returncode}", self._qemu_log_tail()
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise
 
     def _qemu_log_tail(self) -> list[str]:
         try:

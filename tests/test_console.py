@@ -40,3 +40,20 @@ def test_user_patterns_and_unterminated_last_line(tmp_path: Path) -> None:
         log.write_text("ok\nERROR: step foo failed")  # no newline: read on drain
         w.drain()
     assert w.failure == "ERROR: step foo failed"
+
+
+def test_the_tail_keeps_what_led_to_a_failure_however_much_follows() -> None:
+    from pim.engine.console import AFTER_FAILURE, TAIL_LINES, LineWatch, Patterns
+    from pim.engine.events import Emitter
+
+    watch = LineWatch(Emitter(), "install", "console", Patterns(failures=(r"Kernel panic",)))
+    for i in range(50):
+        watch.feed(f"boot line {i}")
+    watch.feed("installer: installation failed: disk exploded")
+    watch.feed("Kernel panic - not syncing: Attempted to kill init!")
+    for i in range(60):  # the panic's call trace, read in the same chunk
+        watch.feed(f" trace line {i}")
+    tail = watch.tail()
+    assert watch.failure == "Kernel panic - not syncing: Attempted to kill init!"
+    assert "installer: installation failed: disk exploded" in tail and len(tail) == TAIL_LINES
+    assert tail[-1] == f" trace line {AFTER_FAILURE - 1}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from pim.engine.events import Emitter
 
 TAIL_LINES = 40
+AFTER_FAILURE = 10  # lines the tail keeps after a failure line (a panic's trace runs on)
 
 # Lines that mean the guest cannot go on, whatever the installer.
 BASE_FAILURES = [
@@ -69,6 +70,7 @@ class LineWatch:
         self._fetch = [re.compile(p) for p in patterns.fetch]
         self._fetch_error_re = re.compile(patterns.fetch_error) if patterns.fetch_error else None
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._after_failure = 0
         self._lines: list[str] | None = [] if keep_all else None
         self._lock = threading.Lock()
         self.failure: str | None = None
@@ -94,7 +96,11 @@ class LineWatch:
         if not line.strip():
             return
         with self._lock:
-            self._tail.append(line)
+            # The tail is what led to the failure: it stops growing a few lines after it,
+            # however much more is read before the build notices (a loaded host).
+            if self._after_failure < AFTER_FAILURE:
+                self._tail.append(line)
+                self._after_failure += self.failure is not None
             if self._lines is not None:
                 self._lines.append(line)
         self.events.log(self.stage, line, source=self.source)

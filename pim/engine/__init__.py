@@ -1,1 +1,1 @@
-"""The build and deploy engine. Imports nothing from pim.cli or pim.pulumi_provider."""
+"""The build and deploy engine. Imports nothing from pim.cli, pim.pulumi_provider or pim.tofu."""

@@ -24,7 +24,7 @@ needs_terraform = pytest.mark.skipif(
 
 @functools.cache
 def aws_mirror() -> Path | None:
-    """The filesystem mirror holding hashicorp/aws: the folder above registry.terraform.io."""
+    """The filesystem mirror holding hashicorp/aws: the folder above its registry host folder."""
     out = subprocess.run(["find", "/", "-maxdepth", "6", "(", "-path", "/proc", "-o", "-path", "/sys", ")", "-prune",
                           "-o", "-path", "*/hashicorp/aws", "-print"], capture_output=True, text=True)
     for line in out.stdout.splitlines():

@@ -97,3 +97,18 @@ def test_every_example_is_formatted() -> None:
     proc = subprocess.run([terraform, "fmt", "-check", "-recursive", str(REPO / "examples/tofu")],
                           capture_output=True, text=True, env={"CHECKPOINT_DISABLE": "1", "HOME": "/nonexistent"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_terraform
+def test_a_data_external_lookup_under_dev_overrides(config: Path, tmp_path: Path, pim_cache: Path,
+                                                    runtime_root: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'data "external" "image" {\n  program = ["pim", "tofu", "external"]\n'
+        f'  query   = {{ config = "{config}", image = "e2e" }}\n}}\n'
+        'output "result" {\n  value = data.external.image.result\n}\n')
+    tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(pim_cache),
+                                                    "XDG_RUNTIME_DIR": str(runtime_root)})  # no init: overrides only
+    tf("apply", "-auto-approve")
+    code, direct, err = external({"config": str(config), "image": "e2e"})
+    assert code == 0, err
+    assert tf.outputs()["result"] == direct

@@ -124,16 +124,23 @@ class PackageCache:
                 fd, name = tempfile.mkstemp(dir=self.root, prefix=".part-")
                 tmp = (os.fdopen(fd, "wb"), Path(name))
             try:
+                # The last chunk reaches the client only after the file is published, so a
+                # client that asks again once it has the whole body is served from the cache.
+                held = b""
                 while chunk := resp.read(1 << 16):
-                    req.wfile.write(chunk)
                     if tmp:
                         tmp[0].write(chunk)
+                    if held:
+                        req.wfile.write(held)
+                    held = chunk
                 if tmp:
                     tmp[0].close()
                     if length is None or tmp[1].stat().st_size == int(length):
                         os.replace(tmp[1], keep)  # type: ignore[arg-type]
                         self.events.log(self.stage, f"package cache: stored {parts.path.rsplit('/', 1)[-1]}",
                                         source="pkgcache")
+                if held:
+                    req.wfile.write(held)
             finally:
                 if tmp:
                     tmp[0].close()

@@ -43,8 +43,8 @@ from pathlib import Path
 import jinja2
 from common import ROOT, fixture_iso, make_config, pim, timed
 
-from pim.engine.job import hostname_for  # noqa: E402
-from pim.engine.keys import file_digest  # noqa: E402
+from pim.engine.pipeline.context import hostname_for  # noqa: E402
+from pim.engine.pipeline.keys import file_digest  # noqa: E402
 from tests.e2e.conftest import ANSWER, DIRECT_BOOT  # noqa: E402
 
 PACKER_VERSION = "1.6.6"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from common import ROOT, fixture_iso, make_config  # noqa: F401  (ROOT puts the repo on sys.path)
 
-from pim.engine.build import content_keys  # noqa: E402
-from pim.engine.spec import load_config  # noqa: E402
+from pim.engine.pipeline.build import content_keys  # noqa: E402
+from pim.engine.config.spec import load_config  # noqa: E402
 from pim.pulumi_provider.image import ImageProvider  # noqa: E402
 from tests.pulumi.grpc_client import DynamicServer, provider_env, with_provider  # noqa: E402
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.answers import AnswerServer
+from pim.engine.services.answers import AnswerServer
 from pim.engine.events import Emitter, Event
 
 

@@ -1,7 +1,7 @@
 import time
 from pathlib import Path
 
-from pim.engine.console import ConsoleWatcher
+from pim.engine.guest.console import ConsoleWatcher
 from pim.engine.events import Emitter, Event
 
 
@@ -43,7 +43,7 @@ def test_user_patterns_and_unterminated_last_line(tmp_path: Path) -> None:
 
 
 def test_the_tail_keeps_what_led_to_a_failure_however_much_follows() -> None:
-    from pim.engine.console import AFTER_FAILURE, TAIL_LINES, LineWatch, Patterns
+    from pim.engine.guest.console import AFTER_FAILURE, TAIL_LINES, LineWatch, Patterns
     from pim.engine.events import Emitter
 
     watch = LineWatch(Emitter(), "install", "console", Patterns(failures=(r"Kernel panic",)))

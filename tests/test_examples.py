@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.spec import load_config
+from pim.engine.config.spec import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

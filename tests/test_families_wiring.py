@@ -9,7 +9,7 @@ import pytest
 from pim.engine.errors import SpecError
 from pim.engine.installers import render
 from pim.engine.installers.prepare import check_answers, installer_variables, prepare
-from pim.engine.spec import load_config
+from pim.engine.config.spec import load_config
 from tests.helpers import write_config
 from tests.installers.helpers import make_iso
 from tests.installers.test_layouts import DEBIAN_AMD64, ROCKY_X86

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine import firmware
+from pim.engine.qemu import firmware
 from pim.engine.errors import InputError
 from pim.engine.qemu import accel
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from pim.engine.errors import InputError
-from pim.engine.inventory import entries, find, gc, remove
-from pim.engine.store import Store
+from pim.engine.store.inventory import entries, find, gc, remove
+from pim.engine.store.objects import Store
 
 
 def _publish(store: Store, key: str, files: dict[str, str]) -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.keys import stage_keys
-from pim.engine.spec import load_config
+from pim.engine.pipeline.keys import stage_keys
+from pim.engine.config.spec import load_config
 from tests.helpers import write_config
 
 FILES = {
@@ -105,7 +105,7 @@ def test_keys_are_stable_and_well_formed(tmp_path: Path) -> None:
 
 
 def test_secret_is_not_recoverable_from_inputs(tmp_path: Path) -> None:
-    from pim.engine.keys import install_inputs
+    from pim.engine.pipeline.keys import install_inputs
 
     image = _set(BASE, "ssh.password", "hunter2-password")
     cfg = load_config(write_config(tmp_path / "cfg", {"img": image}, FILES))

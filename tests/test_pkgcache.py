@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.pkgcache import PackageCache, is_immutable
+from pim.engine.services.pkgcache import PackageCache, is_immutable
 
 
 def _apt_uris(*packages: str) -> list[tuple[str, str]]:

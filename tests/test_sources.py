@@ -8,8 +8,8 @@ import pytest
 
 from pim.engine.errors import ChecksumMismatch
 from pim.engine.events import Emitter
-from pim.engine.sources import resolve_iso, sha256_file
-from pim.engine.spec import Source
+from pim.engine.source.fetch import resolve_iso, sha256_file
+from pim.engine.config.spec import Source
 
 PAYLOAD = os.urandom(3 << 20) + b"end"
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from pim.engine.errors import SpecError
-from pim.engine.spec import json_schema, load_config
-from pim.engine.units import parse_duration, parse_size
+from pim.engine.config.spec import json_schema, load_config
+from pim.engine.config.units import parse_duration, parse_size
 from tests.helpers import MINIMAL_FILES, minimal_image, write_config
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pim.cli.main import ConfigOpt, fail
+from pim.cli.common import ConfigOpt, fail
 
 
 def build(
@@ -18,10 +18,10 @@ def build(
 ) -> None:
     """Build an image: install, provision, generalize, compress."""
     from pim.cli.render import event_stream
-    from pim.engine.build import build as run_build
+    from pim.engine.pipeline.build import build as run_build
     from pim.engine.errors import PimError
-    from pim.engine.spec import load_config
-    from pim.engine.units import human_size
+    from pim.engine.config.spec import load_config
+    from pim.engine.config.units import human_size
 
     with event_stream(json_out, verbose) as events:
         try:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pim.cli.main import ConfigOpt, fail
+from pim.cli.common import ConfigOpt, fail
 
 
 def deploy(
@@ -26,8 +26,8 @@ def deploy(
     from pim.engine import deploy as engine
     from pim.engine.errors import PimError, Problem, SpecError
     from pim.engine.paths import cache_dir
-    from pim.engine.spec import load_config
-    from pim.engine.store import Store
+    from pim.engine.config.spec import load_config
+    from pim.engine.store.objects import Store
 
     with event_stream(json_out, verbose) as events:
         outcome: dict | None = None

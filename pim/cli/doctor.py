@@ -9,12 +9,12 @@ import typer
 
 def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators again instead of the remembered verdict")) -> None:
     """Check QEMU binaries, the accelerator (by a real probe), firmware and free disk."""
-    from pim.engine import firmware
+    from pim.engine.qemu import firmware
     from pim.engine.paths import cache_dir
     from pim.engine.qemu import accel
     from pim.engine.qemu.argv import qemu_binary
     from pim.engine.run import run
-    from pim.engine.units import human_size
+    from pim.engine.config.units import human_size
 
     ok = True
     for tool in (qemu_binary("x86_64"), qemu_binary("aarch64"), "qemu-img"):

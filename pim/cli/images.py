@@ -7,14 +7,14 @@ import json
 
 import typer
 
-from pim.cli.main import fail
+from pim.cli.common import fail
 
 app = typer.Typer(no_args_is_help=True)
 
 
 def _store():  # type: ignore[no-untyped-def]
     from pim.engine.paths import cache_dir
-    from pim.engine.store import Store
+    from pim.engine.store.objects import Store
 
     return Store(cache_dir())
 
@@ -26,8 +26,8 @@ def _when(ts: float) -> str:
 @app.command("list")
 def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     """Built images and stages: key, image, size, last used, and whether it is kept by gc."""
-    from pim.engine.inventory import entries
-    from pim.engine.units import human_size
+    from pim.engine.store.inventory import entries
+    from pim.engine.config.units import human_size
 
     items = entries(_store())
     if json_out:
@@ -43,7 +43,7 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
 def show(ref: str = typer.Argument(..., help="Image name (its newest build) or key prefix")) -> None:
     """The manifest of a build: inputs, keys, lineage, sizes, timings."""
     from pim.engine.errors import PimError
-    from pim.engine.inventory import find
+    from pim.engine.store.inventory import find
 
     try:
         entry = find(_store(), ref)
@@ -57,7 +57,7 @@ def show(ref: str = typer.Argument(..., help="Image name (its newest build) or k
 def rm(ref: str = typer.Argument(..., help="Image name or key prefix")) -> None:
     """Remove one built image or stage from the store."""
     from pim.engine.errors import PimError
-    from pim.engine.inventory import find, remove
+    from pim.engine.store.inventory import find, remove
 
     store = _store()
     try:
@@ -71,8 +71,8 @@ def rm(ref: str = typer.Argument(..., help="Image name or key prefix")) -> None:
 @app.command()
 def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be removed")) -> None:
     """Remove everything the newest build of each named image does not use."""
-    from pim.engine.inventory import gc as run_gc
-    from pim.engine.units import human_size
+    from pim.engine.store.inventory import gc as run_gc
+    from pim.engine.config.units import human_size
 
     doomed = run_gc(_store(), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Build cloud-init-ready qcow2 images from installer ISOs with QEMU.")
-
-ConfigOpt = typer.Option(Path("pim.yaml"), "--config", "-c", help="The pim.yaml to read")
-
-
-def fail(err: BaseException) -> "typer.Exit":
-    """Print an engine error on stderr; the exit code comes from its type."""
-    from pim.engine.errors import PimError
-
-    print(f"error: {err}", file=sys.stderr)
-    return typer.Exit(err.exit_code if isinstance(err, PimError) else 1)
-
 
 def _register() -> None:
     from pim.cli import build, deploy, doctor, images, tofu, validate, vm

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import typer
 
-from pim.cli.main import ConfigOpt, fail
+from pim.cli.common import ConfigOpt, fail
 
 
 def validate(config: Path = ConfigOpt) -> None:
     """Check a config and its answer files; list every problem with its path and the rule it broke."""
     from pim.engine.errors import PimError, SpecError
     from pim.engine.installers.prepare import check_answers
-    from pim.engine.spec import load_config
+    from pim.engine.config.spec import load_config
 
     try:
         cfg = load_config(config)
@@ -28,6 +28,6 @@ def validate(config: Path = ConfigOpt) -> None:
 
 def schema() -> None:
     """Print the JSON Schema of pim.yaml."""
-    from pim.engine.spec import json_schema
+    from pim.engine.config.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))

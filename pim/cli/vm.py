@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from pim.cli.main import fail
+from pim.cli.common import fail
 
 app = typer.Typer(no_args_is_help=True)
 

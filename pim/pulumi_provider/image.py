@@ -62,7 +62,7 @@ class ImageProvider(ResourceProvider):
         unknown = unknown_keys(news, IMAGE_KEY_INPUTS)
         if unknown:  # a preview with inputs from resources not made yet
             return DiffResult(changes=True, replaces=unknown)
-        from pim.engine.build import content_keys
+        from pim.engine.pipeline.build import content_keys
 
         cfg, name = image_config(news)
         if content_keys(cfg, name)["final"] != olds.get("content_key"):
@@ -78,21 +78,21 @@ class ImageProvider(ResourceProvider):
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Only tags or delete_artifact changed (anything else is a new key: a replace)."""
-        from pim.engine.build import lookup
+        from pim.engine.pipeline.build import lookup
 
         inputs = _inputs(news)
         cfg, name = image_config(inputs)
         found = lookup(cfg, name)
         if found is None:  # the artifact went missing meanwhile: build it again
             return UpdateResult(self._build(inputs, "update"))
-        from pim.engine.build import image_outputs
+        from pim.engine.pipeline.build import image_outputs
 
         return UpdateResult(image_outputs(found.manifest_path) | _echo(inputs))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         from pim.engine.paths import cache_dir
-        from pim.engine.store import Store
-        from pim.engine.build import image_outputs
+        from pim.engine.store.objects import Store
+        from pim.engine.pipeline.build import image_outputs
 
         key = props.get("content_key") or id_
         store = Store(cache_dir())
@@ -115,10 +115,10 @@ class ImageProvider(ResourceProvider):
             worker.pulumi_log("info", f"{label}: build {key[:16]} kept in PIM's cache (`pim images gc` removes "
                                       "unused builds; set delete_artifact to remove it with the resource)")
             return
-        from pim.engine import inventory
+        from pim.engine.store import inventory
         from pim.engine.errors import InputError
         from pim.engine.paths import cache_dir
-        from pim.engine.store import Store
+        from pim.engine.store.objects import Store
 
         store = Store(cache_dir())
         try:

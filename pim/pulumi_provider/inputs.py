@@ -15,7 +15,7 @@ from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, TargetSpec
 from pim.engine.errors import Problem, SpecError
-from pim.engine.spec import Config, _problems, load_config, parse_config
+from pim.engine.config.spec import Config, _problems, load_config, parse_config
 
 # A value not known yet (a preview): on the wire pulumi.runtime.rpc.UNKNOWN, which the SDK's
 # dynamic server turns into a pulumi.output.Unknown object in Check and Diff. Both are

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from pim.engine.build import image_outputs
+from pim.engine.pipeline.build import image_outputs
 from pim.engine.deploy.model import BuiltImage, DeployError, DeployResult
 from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, TargetSpec
 from pim.engine.errors import InputError
@@ -23,7 +23,7 @@ from pim.pulumi_provider.inputs import (DEPLOYMENT_OUTPUTS, image_config, pve_ta
 
 
 def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
-    from pim.engine.build import build as engine_build
+    from pim.engine.pipeline.build import build as engine_build
 
     cfg, name = image_config(job)
     password = cfg.images[name].ssh.password

@@ -68,9 +68,9 @@ def _progress(event: Any) -> None:
 
 
 def run(query: dict[str, str], events: Any) -> dict[str, str]:
-    from pim.engine import build as engine
-    from pim.engine.build import image_outputs
-    from pim.engine.spec import load_config
+    from pim.engine.pipeline import build as engine
+    from pim.engine.pipeline.build import image_outputs
+    from pim.engine.config.spec import load_config
 
     if query.get("cache_dir"):
         os.environ["PIM_CACHE_DIR"] = str(Path(query["cache_dir"]).resolve())

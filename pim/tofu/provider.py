@@ -89,7 +89,7 @@ class _Config:
     @staticmethod
     def load(values: dict[str, Any]) -> Any:
         from pim.engine.errors import PimError
-        from pim.engine.spec import load_config
+        from pim.engine.config.spec import load_config
 
         try:
             cfg = load_config(Path(values["config"]))
@@ -107,7 +107,7 @@ def _config_exists(config: dict[str, Any]) -> None:
 
 
 def _image_attrs(manifest_path: Path) -> dict[str, Any]:
-    from pim.engine.build import image_outputs
+    from pim.engine.pipeline.build import image_outputs
 
     out = image_outputs(manifest_path)
     return {k: out[k] for k in ("path", "sha256", "size", "format", "arch", "firmware", "manifest_path")} | {
@@ -127,7 +127,7 @@ class ImageResource(Resource):
     def plan(self, prior: dict[str, Any] | None, proposed: dict[str, Any], config: dict[str, Any]) -> Plan:
         if not _known(proposed, "config", "image"):
             return Plan(self.schema.unknown_computed(proposed), ["key"] if prior else [])
-        from pim.engine.build import content_keys
+        from pim.engine.pipeline.build import content_keys
         from pim.engine.errors import PimError
 
         cfg = _Config.load(proposed)
@@ -142,7 +142,7 @@ class ImageResource(Resource):
         return Plan(planned, ["key"] if prior is not None else [])
 
     def create(self, planned: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        from pim.engine.build import build
+        from pim.engine.pipeline.build import build
         from pim.engine.errors import PimError
 
         cfg = _Config.load(planned)
@@ -169,7 +169,7 @@ class ImageResource(Resource):
         from pim.engine.deploy.model import BuiltImage
         from pim.engine.errors import PimError
         from pim.engine.paths import cache_dir
-        from pim.engine.store import Store
+        from pim.engine.store.objects import Store
 
         config, sep, image = id.rpartition(":")
         if not sep or not config or not image:
@@ -191,7 +191,7 @@ class ImageData(DataSource):
         ImageResource().validate(config)
 
     def read(self, config: dict[str, Any]) -> dict[str, Any]:
-        from pim.engine.build import lookup
+        from pim.engine.pipeline.build import lookup
         from pim.engine.errors import PimError
 
         cfg = _Config.load(config)
@@ -234,7 +234,7 @@ class DeploymentResource(Resource):
     def _image(self, values: dict[str, Any], required: bool) -> Any:
         from pim.engine.deploy.model import BuiltImage
         from pim.engine.paths import cache_dir
-        from pim.engine.store import Store
+        from pim.engine.store.objects import Store
 
         store, key = Store(cache_dir()), values["image_key"]
         manifest = store.object(key) / "manifest.json"
@@ -280,7 +280,7 @@ class DeploymentResource(Resource):
         from pim.engine.deploy.model import BuiltImage
         from pim.engine.errors import PimError
         from pim.engine.paths import cache_dir
-        from pim.engine.store import Store
+        from pim.engine.store.objects import Store
 
         parts = id.split(":")
         key = parts.pop() if len(parts) >= 4 and len(parts[-1]) == 64 else None

@@ -11,7 +11,7 @@ from pim.engine.deploy.blocks import Extent, block_runs, parse_map
 from pim.engine.deploy.model import BuiltImage
 from pim.engine.deploy.spec import ProxmoxTarget, resolve_token_secret
 from pim.engine.errors import InputError, SpecError
-from pim.engine.spec import parse_config
+from pim.engine.config.spec import parse_config
 
 KEY = "0123456789abcdef" * 4
 IMAGE = BuiltImage("web_1", KEY, Path("/x/disk.qcow2"), "fe" * 32, 1000, 8 << 30, "x86_64", "bios",

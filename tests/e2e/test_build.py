@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.build import build
+from pim.engine.pipeline.build import build
 from pim.engine.errors import ProvisionError
 from pim.engine.events import Emitter, Event
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig
 from pim.engine.qemu.machine import Machine
-from pim.engine.spec import load_config
+from pim.engine.config.spec import load_config
 from tests.e2e.conftest import apt_package_url, make_config
 
 pytestmark = pytest.mark.e2e

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.build import build
+from pim.engine.pipeline.build import build
 from pim.engine.events import Emitter, Event
 from pim.engine.qemu.machine import pid_alive
-from pim.engine.spec import load_config
+from pim.engine.config.spec import load_config
 from tests.e2e.conftest import make_config
 
 pytestmark = pytest.mark.e2e

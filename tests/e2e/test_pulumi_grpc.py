@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pim.engine.keys import file_digest
+from pim.engine.pipeline.keys import file_digest
 from pim.pulumi_provider.deployment import DeploymentProvider
 from pim.pulumi_provider.image import ImageProvider
 from pim.pulumi_provider.inputs import DEPLOYMENT_OUTPUTS, IMAGE_OUTPUTS

@@ -86,8 +86,8 @@ def state() -> dict[str, Any]:
 
 
 def test_plan_creates_the_image_with_its_content_key_known(tf: Terraform, state: dict) -> None:
-    from pim.engine.build import content_keys
-    from pim.engine.spec import load_config
+    from pim.engine.pipeline.build import content_keys
+    from pim.engine.config.spec import load_config
 
     key = content_keys(load_config(tf.workdir / "pim/pim.yaml"), "e2e")["final"]
     out = tf("plan", "-detailed-exitcode", ok=(2,)).stdout

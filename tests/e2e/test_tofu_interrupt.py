@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.build import content_keys
-from pim.engine.spec import load_config
-from pim.engine.store import Store
+from pim.engine.pipeline.build import content_keys
+from pim.engine.config.spec import load_config
+from pim.engine.store.objects import Store
 from tests.e2e.conftest import make_config
 from tests.tofu.tf import TERRAFORM, Terraform, needs_terraform
 

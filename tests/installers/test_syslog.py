@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.console import ConsoleWatcher, LineWatch, Patterns
+from pim.engine.guest.console import ConsoleWatcher, LineWatch, Patterns
 from pim.engine.errors import InstallerFailed
 from pim.engine.events import Emitter, Event
-from pim.engine.install import _check
+from pim.engine.pipeline.install import _check
 from pim.engine.installers import render
 from pim.engine.installers.families import FAMILIES
-from pim.engine.installers.syslog import Record, SyslogReceiver, parse
+from pim.engine.services.syslog import Record, SyslogReceiver, parse
 from tests.test_console import _wait_for
 
 DEBIAN = FAMILIES["debian"]

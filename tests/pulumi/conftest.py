@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pim.engine.spec import load_config
+from pim.engine.config.spec import load_config
 from tests.deploy.conftest import BLOCK, aws, make_disk, moto_url, pve, pve_cert, pve_env  # noqa: F401  (fixtures)
 from tests.deploy.conftest import standard_writes
 from tests.helpers import MINIMAL_FILES, minimal_image, write_config

@@ -8,9 +8,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from pim.engine.build import content_keys
-from pim.engine.spec import Config
-from pim.engine.store import Store
+from pim.engine.pipeline.build import content_keys
+from pim.engine.config.spec import Config
+from pim.engine.store.objects import Store
 
 
 def seed_build(cfg: Config, name: str, cache: Path, disk: Path, virtual_size: int) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from pim.engine.store import Store
+from pim.engine.store.objects import Store
 from pim.pulumi_provider.deployment import DeploymentProvider
 from pim.pulumi_provider.image import ImageProvider
 from pim.pulumi_provider.inputs import UNKNOWN, image_config

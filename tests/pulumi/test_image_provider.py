@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.store import Store
+from pim.engine.store.objects import Store
 from pim.pulumi_provider.image import ImageProvider
 from pim.pulumi_provider.inputs import UNKNOWN
 from tests.pulumi.conftest import Project

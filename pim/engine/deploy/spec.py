@@ -17,7 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValida
                       WithJsonSchema, field_validator, model_validator)
 
 from pim.engine.errors import InputError
-from pim.engine.units import parse_duration
+from pim.engine.config.units import parse_duration
 
 Duration = Annotated[
     float,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from pim.engine.console import BASE_FAILURES, Patterns
+from pim.engine.guest.console import BASE_FAILURES, Patterns
 from pim.engine.errors import Problem, SpecError
 from pim.engine.installers import render
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pim.engine.errors import InputError, Problem
 from pim.engine.installers import render
-from pim.engine.spec import Boot, Config, Family, ImageSpec
+from pim.engine.config.spec import Boot, Config, Family, ImageSpec
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def check_answers(cfg: Config, image: str) -> list[Problem]:
     """Render an image's answer files as a build would and check them with the
     installer's own tooling (debconf, pykickstart, subiquity's schema)."""
     from pim.engine.errors import SpecError
-    from pim.engine.job import hostname_for
+    from pim.engine.pipeline.context import hostname_for
 
     spec = cfg.image(image)
     if spec.installer.family == Family.custom:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from pim.engine.events import Emitter
-from pim.engine.loopback import GUEST_HOST, LoopbackServer
+from pim.engine.services.loopback import GUEST_HOST, LoopbackServer
 
 IMMUTABLE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".rpm", ".dsc", ".tar.gz", ".tar.xz", ".tar.bz2", ".diff.gz")
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailers",

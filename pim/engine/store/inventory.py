@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pim.engine.errors import InputError
-from pim.engine.store import Store
+from pim.engine.store.objects import Store
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pim.engine.errors import BuildError, ChecksumMismatch, InputError
 from pim.engine.events import Emitter
-from pim.engine.spec import Source
+from pim.engine.config.spec import Source
 
 CHUNK = 1 << 20
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pim.engine.spec import Config, FileStep, ImageSpec, ShellStep
+from pim.engine.config.spec import Config, FileStep, ImageSpec, ShellStep
 
 STAGE_VERSIONS = {"install": 1, "boot": 1, "provision": 1, "final": 1}
 

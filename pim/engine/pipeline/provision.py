@@ -7,14 +7,14 @@ import shutil
 import time
 from pathlib import Path
 
-from pim.engine.console import ConsoleWatcher
-from pim.engine.boot import resume_uri, wait_resumed
+from pim.engine.guest.console import ConsoleWatcher
+from pim.engine.pipeline.boot import resume_uri, wait_resumed
 from pim.engine.errors import ProvisionError, VMError
-from pim.engine.job import Job, free_port
+from pim.engine.pipeline.context import Job, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
-from pim.engine.spec import FileStep, ShellStep
-from pim.engine.ssh import KeyPair, Session, script_command
+from pim.engine.config.spec import FileStep, ShellStep
+from pim.engine.guest.ssh import KeyPair, Session, script_command
 
 STAGE = "provision"
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from pim.engine.events import Emitter
-from pim.engine.loopback import GUEST_HOST, LoopbackServer
+from pim.engine.services.loopback import GUEST_HOST, LoopbackServer
 
 
 class AnswerServer:

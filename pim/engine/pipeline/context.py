@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from pim.engine.events import Emitter
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig
-from pim.engine.spec import Config, ImageSpec
+from pim.engine.config.spec import Config, ImageSpec
 
 if TYPE_CHECKING:
-    from pim.engine.pkgcache import PackageCache
+    from pim.engine.services.pkgcache import PackageCache
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Job:
     cache: Path  # the store's root; the package cache lives under it
 
     def package_cache(self) -> "PackageCache":
-        from pim.engine.pkgcache import PackageCache
+        from pim.engine.services.pkgcache import PackageCache
 
         return PackageCache(self.cache / "packages", self.events)
 
@@ -38,7 +38,7 @@ class Job:
         """The VM for one stage. UEFI builds keep their variables store in
         `efivars.fd` beside the disk, so boot entries the installer wrote survive."""
         if self.spec.firmware.value == "uefi" and "firmware" not in overrides:
-            from pim.engine.firmware import for_vm
+            from pim.engine.qemu.firmware import for_vm
 
             overrides["firmware"] = for_vm(self.spec.arch.value, disk.parent / "efivars.fd")
         return VmConfig(

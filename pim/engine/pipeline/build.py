@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pim
-from pim.engine import keys as keymod
+from pim.engine.pipeline import keys as keymod
 from pim.engine.events import Emitter
-from pim.engine.job import Job
+from pim.engine.pipeline.context import Job
 from pim.engine.paths import cache_dir
 from pim.engine.qemu import accel as accelmod
 from pim.engine.qemu import img
-from pim.engine.sources import resolve_iso, sha256_file
-from pim.engine.spec import Config
-from pim.engine.store import Store
+from pim.engine.source.fetch import resolve_iso, sha256_file
+from pim.engine.config.spec import Config
+from pim.engine.store.objects import Store
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,10 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, force: bool 
 
 
 def _run_stages(job: Job, store: Store, force: bool, accel: str) -> BuildResult:
-    from pim.engine.boot import ensure_booted
-    from pim.engine.install import run_install
-    from pim.engine.provision import run_provision
-    from pim.engine.ssh import KeyPair
+    from pim.engine.pipeline.boot import ensure_booted
+    from pim.engine.pipeline.install import run_install
+    from pim.engine.pipeline.provision import run_provision
+    from pim.engine.guest.ssh import KeyPair
 
     events, spec = job.events, job.spec
     timings: dict[str, Any] = {}

@@ -28,7 +28,7 @@ from pydantic import (
 
 from pim.engine.deploy.spec import TargetSpec
 from pim.engine.errors import Problem, SpecError
-from pim.engine.units import parse_duration, parse_size
+from pim.engine.config.units import parse_duration, parse_size
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 

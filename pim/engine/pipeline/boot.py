@@ -14,14 +14,14 @@ import shutil
 import time
 from pathlib import Path
 
-from pim.engine.console import ConsoleWatcher
+from pim.engine.guest.console import ConsoleWatcher
 from pim.engine.errors import PimError, VMError
-from pim.engine.job import Job, free_port
-from pim.engine.keys import boot_inputs, digest
+from pim.engine.pipeline.context import Job, free_port
+from pim.engine.pipeline.keys import boot_inputs, digest
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
-from pim.engine.ssh import KeyPair, Session
-from pim.engine.store import Store
+from pim.engine.guest.ssh import KeyPair, Session
+from pim.engine.store.objects import Store
 
 STAGE = "boot"
 STATE = "state"  # the saved machine state inside a boot object

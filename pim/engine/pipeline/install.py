@@ -10,18 +10,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pim.engine import iso as isofs
-from pim.engine.answers import AnswerServer
-from pim.engine.console import BASE_FAILURES, ConsoleWatcher, LineWatch, Patterns
+from pim.engine.source import iso as isofs
+from pim.engine.services.answers import AnswerServer
+from pim.engine.guest.console import BASE_FAILURES, ConsoleWatcher, LineWatch, Patterns
 from pim.engine.errors import InstallerFailed
 from pim.engine.installers import families, render
 from pim.engine.installers.prepare import answer_name, installer_variables, prepare
-from pim.engine.installers.syslog import SyslogReceiver
-from pim.engine.job import Job
+from pim.engine.services.syslog import SyslogReceiver
+from pim.engine.pipeline.context import Job
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
-from pim.engine.spec import Family
-from pim.engine.ssh import KeyPair
+from pim.engine.config.spec import Family
+from pim.engine.guest.ssh import KeyPair
 
 STAGE = "install"
 

@@ -16,9 +16,9 @@ import socket
 import threading
 from dataclasses import dataclass
 
-from pim.engine.console import LineWatch, Patterns, clean_line
+from pim.engine.guest.console import LineWatch, Patterns, clean_line
 from pim.engine.events import Emitter
-from pim.engine.loopback import GUEST_HOST
+from pim.engine.services.loopback import GUEST_HOST
 
 MAX_DATAGRAM = 65535
 

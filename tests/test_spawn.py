@@ -60,3 +60,42 @@ def test_output_goes_to_the_log(tmp_path: Path) -> None:
     proc = spawn_detached(["sh", "-c", "echo hello from the child"], tmp_path / "log")
     assert proc.wait(timeout=10) == 0
     assert (tmp_path / "log").read_text() == "hello from the child\n"
+
+
+# ---------------------------------------------------------------- a program that is not installed
+
+def test_a_missing_program_is_an_input_error_naming_the_debian_package(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from pim.engine.errors import InputError, MissingTool
+    from pim.engine.run import run
+
+    with pytest.raises(MissingTool, match=r"qemu-img is not installed .*apt-get install qemu-utils") as caught:
+        run(["qemu-img", "--version"], env={"PATH": str(tmp_path)})
+    assert isinstance(caught.value, InputError) and caught.value.exit_code == 2
+    assert run(["qemu-img", "--version"], env={"PATH": "/usr/bin"}).stdout.startswith("qemu-img")
+    monkeypatch.setenv("PATH", str(tmp_path))  # without env=, the process's own PATH
+    with pytest.raises(MissingTool, match="apt-get install qemu-utils"):
+        spawn_detached(["qemu-nbd", "--version"], tmp_path / "log")
+
+
+def test_qemu_missing_from_path_names_its_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pim.engine.errors import MissingTool
+    from pim.engine.qemu import accel
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MissingTool, match="apt-get install qemu-system-x86"):
+        accel.choose("x86_64", fresh=True)
+    with pytest.raises(MissingTool, match="apt-get install qemu-system-arm"):
+        accel.probe_one("tcg", "aarch64")
+
+
+def test_doctor_names_the_package_of_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    env = {**os.environ, "PATH": str(tmp_path / "bin"), "XDG_RUNTIME_DIR": str(tmp_path),
+           "PIM_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "pim.cli.main", "doctor"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "qemu-img: not found (apt-get install qemu-utils)" in out.stdout
+    assert "qemu-system-x86_64: not found (apt-get install qemu-system-x86)" in out.stdout

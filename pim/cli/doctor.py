@@ -13,7 +13,7 @@ def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators
     from pim.engine.paths import cache_dir
     from pim.engine.qemu import accel
     from pim.engine.qemu.argv import qemu_binary
-    from pim.engine.run import run
+    from pim.engine.run import debian_package, run
     from pim.engine.config.units import human_size
 
     ok = True
@@ -23,7 +23,7 @@ def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators
             version = run([path, "--version"], check=False).stdout.splitlines()[0]
             typer.echo(f"ok    {tool}: {path} ({version})")
         else:
-            typer.echo(f"--    {tool}: not found")
+            typer.echo(f"--    {tool}: not found (apt-get install {debian_package(tool)})")
             ok = ok and tool != "qemu-img"
     for arch in ("x86_64", "aarch64"):
         if not shutil.which(qemu_binary(arch)):

@@ -17,8 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pim.engine.errors import WaitAborted, WaitTimeout
 from pim.engine.paths import runtime_dir
 from pim.engine.qemu.argv import qemu_binary
+from pim.engine.run import DEVNULL, PIPE, find_tool, start
+from pim.engine.wait import until
 
 MARKER = b"PIM-ACCEL-OK"
 PROBE_VERSION = 2  # bump when the probe changes, so remembered verdicts are redone
@@ -68,7 +71,10 @@ def candidates(arch: str) -> list[str]:
 
 
 def probe_one(accel: str, arch: str = "x86_64", timeout: float = 5.0) -> tuple[bool, str]:
-    """Boot the marker sector with accel; (works, what happened)."""
+    """Boot the marker sector with accel within timeout seconds; (works, what happened).
+
+    Raises MissingTool when QEMU for arch is not installed.
+    """
     if arch != "x86_64":
         return _probe_start_only(accel, arch, timeout)
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -87,40 +93,42 @@ def _probe_start_only(accel: str, arch: str, timeout: float) -> tuple[bool, str]
     # Non-x86 guests: require QEMU to start and keep running with the accelerator.
     argv = [qemu_binary(arch), "-machine", f"virt,accel={accel}", "-cpu", "host" if accel != "tcg" else "max",
             "-nodefaults", "-display", "none", "-m", "64"]
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except OSError as e:
-        return False, str(e)
+    proc = start(argv, stdout=DEVNULL, stderr=PIPE)
     try:
         proc.wait(timeout=min(timeout, 2.0))
-        return False, (proc.stderr.read().decode(errors="replace").strip() if proc.stderr else "") or "exited"
+        return False, _stderr(proc) or "exited"
     except subprocess.TimeoutExpired:
         return True, "started"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
 
 
 def _watch(argv: list[str], serial: Path, timeout: float) -> tuple[bool, str]:
-    start = time.monotonic()
+    t0 = time.monotonic()
+    proc = start(argv, stdout=DEVNULL, stderr=PIPE)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except OSError as e:
-        return False, f"cannot start {argv[0]}: {e.strerror}"
-    try:
-        while time.monotonic() - start < timeout:
-            if serial.exists() and MARKER in serial.read_bytes():
-                return True, f"guest ran in {time.monotonic() - start:.2f}s"
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                return False, f"QEMU exited ({proc.returncode}): {err.splitlines()[-1] if err else 'no message'}"
-            time.sleep(0.05)
+        until(lambda: serial.exists() and MARKER in serial.read_bytes(), what="the probe guest's marker",
+              timeout=timeout, interval=0.05, alive=lambda: proc.poll() is None)
+        return True, f"guest ran in {time.monotonic() - t0:.2f}s"
+    except WaitAborted:
+        err = _stderr(proc)
+        return False, f"QEMU exited ({proc.returncode}): {err.splitlines()[-1] if err else 'no message'}"
+    except WaitTimeout:
         return False, f"guest made no progress within {timeout:.0f}s (vCPU hung)"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    return proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
 
 
 def _boot_id() -> str:
@@ -135,22 +143,15 @@ def _memo_file(arch: str) -> Path:
 
 
 def _memo_key(arch: str) -> str:
-    try:
-        st = os.stat(_which(qemu_binary(arch)))
-        binary = f"{st.st_ino}:{st.st_mtime_ns}"
-    except OSError:
-        binary = "missing"
-    return f"{PROBE_VERSION}|{_boot_id()}|{binary}"
-
-
-def _which(name: str) -> str:
-    import shutil
-
-    return shutil.which(name) or name
+    st = os.stat(find_tool(qemu_binary(arch)))  # MissingTool names the package to install
+    return f"{PROBE_VERSION}|{_boot_id()}|{st.st_ino}:{st.st_mtime_ns}"
 
 
 def choose(arch: str = "x86_64", requested: str = "auto", fresh: bool = False) -> Verdict:
-    """The accelerator to use: `requested` unless it is auto, else the first that works."""
+    """The accelerator to use: `requested` unless it is auto, else the first that works.
+
+    Raises MissingTool when QEMU for arch is not installed.
+    """
     if requested != "auto":
         return Verdict(requested, f"set in the config (accel: {requested})", {})
     key = _memo_key(arch)

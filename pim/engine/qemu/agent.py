@@ -13,9 +13,10 @@ import random
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pim.engine.errors import VMError
+from pim.engine.errors import VMError, WaitAborted, WaitTimeout
+from pim.engine.wait import until
 
 
 class AgentError(VMError):
@@ -53,16 +54,17 @@ class GuestAgent:
             if reply.get("return") == token:
                 return self
 
-    def wait_ready(self, timeout: float, alive: Any = None) -> "GuestAgent":
-        """Retry connect until the agent answers or timeout passes (alive() false aborts)."""
+    def wait_ready(self, timeout: float, alive: Callable[[], bool] | None = None) -> "GuestAgent":
+        """Connect, retrying each second until the agent answers; timeout in seconds.
+
+        Raises AgentError when timeout passes or as soon as alive() returns False.
+        """
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.connect(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-            except AgentError:
-                if time.monotonic() >= deadline or (alive is not None and not alive()):
-                    raise AgentError(f"guest agent did not answer within {timeout:.0f}s") from None
-                time.sleep(1.0)
+        try:
+            return until(lambda: self.connect(timeout=min(5.0, max(0.5, deadline - time.monotonic()))),
+                         what="the guest agent", timeout=timeout, interval=1.0, alive=alive, ignore=(AgentError,))
+        except (WaitTimeout, WaitAborted):
+            raise AgentError(f"guest agent did not answer within {timeout:.0f}s") from None
 
     def close(self) -> None:
         if self._sock is not None:
@@ -133,17 +135,19 @@ class GuestAgent:
         if input is not None:
             args["input-data"] = base64.b64encode(input).decode()
         pid = self.call("guest-exec", **args)["pid"]
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def finished() -> dict[str, Any] | None:
             st = self.call("guest-exec-status", pid=pid)
-            if st.get("exited"):
-                out = base64.b64decode(st.get("out-data", ""))
-                err = base64.b64decode(st.get("err-data", ""))
-                code = st.get("exitcode", -st.get("signal", 0))
-                return int(code), out, err
-            if time.monotonic() > deadline:
-                raise AgentError(f"guest-exec {argv[0]} did not finish within {timeout:.0f}s")
-            time.sleep(0.2)
+            return st if st.get("exited") else None
+
+        try:
+            st = until(finished, what=f"guest-exec {argv[0]}", timeout=timeout, interval=0.2)
+        except WaitTimeout:
+            raise AgentError(f"guest-exec {argv[0]} did not finish within {timeout:.0f}s") from None
+        out = base64.b64decode(st.get("out-data", ""))
+        err = base64.b64decode(st.get("err-data", ""))
+        code = st.get("exitcode", -st.get("signal", 0))
+        return int(code), out, err
 
     def file_read(self, path: str, limit: int = 16 << 20) -> bytes:
         handle = self.call("guest-file-open", path=path, mode="r")

@@ -1,4 +1,8 @@
-"""qemu-img operations: create disks and overlays, inspect, flatten and compress."""
+"""qemu-img operations: create disks and overlays, inspect, flatten and compress.
+
+Each runs qemu-img through pim.engine.run: a failure raises CommandError, a
+missing qemu-img MissingTool (install the Debian package qemu-utils).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pim.engine.errors import CommandError
+from pim.engine.errors import CommandError, MissingTool
 from pim.engine.run import run
 
 
@@ -62,6 +66,6 @@ def qemu_version(arch: str) -> str:
 
     try:
         out = run([qemu_binary(arch), "--version"]).stdout.splitlines()
-    except (CommandError, OSError):
+    except (CommandError, MissingTool, OSError):
         return "unknown"
     return out[0] if out else "unknown"

@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 
-from pim.engine.errors import VMError
+from pim.engine.errors import VMError, WaitAborted, WaitTimeout
 from pim.engine.events import Emitter
 from pim.engine.qemu.agent import AgentError, GuestAgent
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig, build_argv
 from pim.engine.qemu.qmp import QMP
 from pim.engine.run import spawn_detached
+from pim.engine.wait import until
 
 
 def pid_alive(pid: int) -> bool:
@@ -62,10 +62,12 @@ def shutdown_ladder(
     """Stop a VM, gently first: guest agent or ACPI powerdown, QMP quit, SIGTERM, SIGKILL.
 
     `wait(t)` returns True once the process has exited. Returns the rung that worked.
+    graceful <= 0 skips the guest's own shutdown (nothing of the VM is kept): QMP quit
+    first, so an interrupted build ends in seconds.
     """
     if wait(0):
         return "exited"
-    ga, mon = agent(), qmp()
+    ga, mon = agent() if graceful > 0 else None, qmp()
     try:
         return _climb(wait, signal_, mon, ga, events, stage, graceful, step)
     finally:
@@ -83,7 +85,7 @@ def _climb(wait, signal_, mon, ga, events, stage, graceful, step) -> str:  # typ
             how = "guest agent shutdown"
         except AgentError:
             pass
-    if how is None and mon is not None:
+    if how is None and graceful > 0 and mon is not None:
         try:
             mon.system_powerdown()
             how = "ACPI powerdown"
@@ -135,7 +137,8 @@ class Machine:
     def __exit__(self, *exc: object) -> None:
         try:
             if self.proc is not None and self.proc.poll() is None:
-                self.stop(graceful=5.0 if exc[0] is not None else 60.0)
+                # Leaving on an error or an interrupt keeps nothing of the VM: no guest shutdown.
+                self.stop(graceful=0.0 if exc[0] is not None else 60.0)
         finally:
             if self.proc is not None and self.proc.poll() is None:  # stop() itself was interrupted
                 self.proc.kill()
@@ -154,28 +157,25 @@ class Machine:
 
     def _wait_for_qmp(self, timeout: float) -> None:
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while not self.rt.qmp.exists():
-            if self.proc.poll() is not None:
-                raise VMError(
-                    f"QEMU exited at start with status {self.proc.returncode}", self._qemu_log_tail()
-                )
-            if time.monotonic() > deadline:
-                raise VMError(f"QEMU did not open its QMP socket within {timeout:.0f}s", self._qemu_log_tail())
-            time.sleep(0.05)
+        proc = self.proc
+
         # The socket file appears at bind(), a moment before listen(): a connection in
-        # between is refused (a window that grows on a loaded host). Retry until the deadline.
-        while True:
-            try:
-                self.qmp().close()
-                return
-            except VMError:
-                if self.wait(0.1 if time.monotonic() < deadline else 2.0):  # it gave up (a bad device, say)
-                    raise VMError(
-                        f"QEMU exited at start with status {self.proc.returncode}", self._qemu_log_tail()
-                    ) from None
-                if time.monotonic() > deadline:
-                    raise
+        # between is refused (a window that grows on a loaded host), so the check connects.
+        def answers() -> bool:
+            if not self.rt.qmp.exists():
+                return False
+            self.qmp().close()
+            return True
+
+        try:
+            until(answers, what="QEMU's QMP socket", timeout=timeout, interval=0.05,
+                  alive=lambda: proc.poll() is None, ignore=(VMError,))
+        except WaitAborted:
+            raise VMError(f"QEMU exited at start with status {proc.returncode}", self._qemu_log_tail()) from None
+        except WaitTimeout:
+            if self.wait(2.0):  # it gave up meanwhile (a bad device, say): that is the news
+                raise VMError(f"QEMU exited at start with status {proc.returncode}", self._qemu_log_tail()) from None
+            raise VMError(f"QEMU did not open its QMP socket within {timeout:.0f}s", self._qemu_log_tail()) from None
 
     def _qemu_log_tail(self) -> list[str]:
         try:
@@ -255,11 +255,10 @@ def stop_by_name(name: str, events: Emitter, graceful: float = 60.0) -> str:
         raise VMError(f"no running VM named {name!r}")
 
     def wait(timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+        try:
+            until(lambda: not pid_alive(pid), what=f"VM {name!r} to exit", timeout=timeout, interval=0.1)
+        except WaitTimeout:
+            return False
         return True
 
     def qmp() -> QMP | None:

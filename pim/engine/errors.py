@@ -4,24 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pim.engine.events import mask_live
-
 
 class PimError(Exception):
-    """Base of every error PIM raises on purpose.
-
-    Its text (`str(e)`) has the secrets of every live build masked
-    (pim.engine.events.Secrets), so no front end can show one: the CLI, a Terraform
-    diagnostic, a Pulumi error. Subclasses compose their text in `_text`.
-    """
+    """Base of every error PIM raises on purpose."""
 
     exit_code = 1
-
-    def __str__(self) -> str:
-        return mask_live(self._text())
-
-    def _text(self) -> str:
-        return super().__str__()
 
 
 class InputError(PimError):
@@ -36,7 +23,7 @@ class Problem:
     message: str  # the rule that was broken, quoting the bad value
 
     def __str__(self) -> str:
-        return mask_live(f"{self.path}: {self.message}" if self.path else self.message)
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class SpecError(InputError):
@@ -74,8 +61,8 @@ class BuildError(PimError):
         self.tail = list(tail or [])
         super().__init__(message)
 
-    def _text(self) -> str:
-        msg = super()._text()
+    def __str__(self) -> str:
+        msg = super().__str__()
         if not self.tail:
             return msg
         return msg + "\n--- last lines ---\n" + "\n".join(self.tail)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pim.cli.common import ConfigOpt, fail
+from pim.cli.common import ConfigOpt, fail, open_store
 
 
 def build(
@@ -22,18 +22,23 @@ def build(
     from pim.engine.errors import PimError
     from pim.engine.config.spec import load_config
     from pim.engine.config.units import human_size
+    from pim.engine.interrupt import Interrupted, unwinding
 
-    with event_stream(json_out, verbose) as events:
+    # SIGTERM unwinds like Ctrl-C: QEMU stopped, runtime files and scratch removed.
+    with event_stream(json_out, verbose) as events, unwinding():
         try:
             cfg = load_config(config)
-            result = run_build(cfg, image, events, force=force)
+            result = run_build(cfg, image, events, force=force, store=open_store())
         except PimError as e:
             if json_out:
                 events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
             raise fail(e) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            code = e.exit_code if isinstance(e, Interrupted) else 130
+            if json_out:
+                events.emit("result", None, "interrupted", ok=False, exit_code=code)
             typer.echo("interrupted: the VM was stopped and nothing was published", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(code) from None
         summary = {
             "image": result.image, "path": str(result.path), "sha256": result.sha256, "size": result.size,
             "key": result.key, "manifest": str(result.manifest_path), "cached": result.cached,

@@ -18,6 +18,7 @@ from pim.engine.errors import ProvisionError
 from pim.engine.events import Emitter
 
 TAIL_LINES = 40
+POLL = 1.0  # seconds a channel read waits before the loop looks again
 
 # Connecting while sshd is still starting fails many times by design; paramiko
 # would print each failure's traceback. We report the last error ourselves.
@@ -106,6 +107,9 @@ class Session:
         assert transport is not None
         chan = transport.open_session()
         chan.set_combine_stderr(True)
+        # Reads wake up every second, so a step that prints nothing for minutes (a
+        # `sleep 600`) never holds the main thread in a wait that only data could end.
+        chan.settimeout(POLL)
         chan.exec_command(self._sudo(command))
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         buf = b""

@@ -7,18 +7,21 @@ It then talks gRPC over TLS on that socket, trusting exactly that certificate
 Terraform never waits for a kill timeout.
 
 Long work (ApplyResourceChange: a build, a deploy) runs on the main thread, so an
-interrupt (Ctrl-C reaching the process, or Terraform's StopProvider) raises
-KeyboardInterrupt inside the engine, which stops its QEMU and publishes nothing.
+interrupt raises KeyboardInterrupt inside the engine, which stops its QEMU and
+publishes nothing. Interrupts are real signals to the main thread (see
+pim.engine.interrupt): StopProvider sends it SIGINT, Ctrl-C reaches it directly,
+SIGTERM stops the work and then the process, and so does Terraform's death (the
+provider would otherwise build on with parent 1).
 """
 
 from __future__ import annotations
 
-import _thread
 import base64
 import datetime
 import json
 import os
 import queue
+import signal
 import sys
 import tempfile
 import threading
@@ -210,12 +213,21 @@ class Service:
 
 
 class MainThread:
-    """Runs submitted calls on the main thread (where KeyboardInterrupt lands)."""
+    """Runs submitted calls on the main thread (where KeyboardInterrupt lands).
+
+    While a call runs, the first SIGINT or SIGTERM raises `Interrupted` in it; idle,
+    SIGINT is ignored (Terraform handles Ctrl-C through StopProvider) and SIGTERM
+    ends the loop. After SIGTERM a running call is interrupted and the loop ends once
+    it has unwound.
+    """
 
     def __init__(self) -> None:
+        from pim.engine.interrupt import Unwinder
+
         self.jobs: queue.Queue[Any] = queue.Queue()
         self.stopped = threading.Event()
         self.busy = False
+        self.signals = Unwinder(on_signal=self._on_signal)
 
     def call(self, fn: Callable[[], Any]) -> Any:
         done: futures.Future[Any] = futures.Future()
@@ -227,27 +239,49 @@ class MainThread:
         self.jobs.put(None)
 
     def interrupt(self) -> None:
+        """StopProvider: interrupt the running call, from any thread."""
+        from pim.engine.interrupt import signal_main_thread
+
         if self.busy:
-            _thread.interrupt_main()
+            signal_main_thread(signal.SIGINT)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            self.stopped.set()
+            if not self.busy:
+                raise KeyboardInterrupt("SIGTERM")  # out of the idle jobs.get()
 
     def loop(self) -> None:
+        """Run calls until stop() or SIGTERM (main thread only: it installs the signal handlers)."""
+        from pim.engine.interrupt import watch_parent
+
+        self.signals.install()
+        watch_parent()  # Terraform gone: SIGTERM, so a build in progress stops in order
         while not self.stopped.is_set():
             try:
-                job = self.jobs.get()
-            except KeyboardInterrupt:  # idle: Terraform handles Ctrl-C through StopProvider
+                self._next()
+            except KeyboardInterrupt:  # idle (SIGINT ignored; SIGTERM has set `stopped`), or a late signal
                 continue
-            if job is None:
-                break
-            fn, done = job
+
+    def _next(self) -> None:
+        job = self.jobs.get()
+        if job is None:
+            self.stopped.set()
+            return
+        fn, done = job
+        try:
+            self.signals.arm()  # before `busy`: a StopProvider seeing busy must find the handler armed
             self.busy = True
-            try:
-                done.set_result(fn())
-            except KeyboardInterrupt:
+            done.set_result(fn())
+        except KeyboardInterrupt:
+            if not done.done():
                 done.set_exception(Diag("interrupted: the change was stopped and nothing half-done was kept"))
-            except BaseException as e:  # noqa: BLE001 - handed to the gRPC thread waiting for it
+        except BaseException as e:  # noqa: BLE001 - handed to the gRPC thread waiting for it
+            if not done.done():
                 done.set_exception(e)
-            finally:
-                self.busy = False
+        finally:
+            self.signals.disarm()
+            self.busy = False
 
 
 def _handler(service: Service, method: str) -> Any:

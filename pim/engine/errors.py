@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pim.engine.events import mask_live
+
 
 class PimError(Exception):
-    """Base of every error PIM raises on purpose."""
+    """Base of every error PIM raises on purpose.
+
+    Its text (`str(e)`) has the secrets of every live build masked
+    (pim.engine.events.Secrets), so no front end can show one: the CLI, a Terraform
+    diagnostic, a Pulumi error. Subclasses compose their text in `_text`.
+    """
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return mask_live(self._text())
+
+    def _text(self) -> str:
+        return super().__str__()
 
 
 class InputError(PimError):
@@ -23,7 +36,7 @@ class Problem:
     message: str  # the rule that was broken, quoting the bad value
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        return mask_live(f"{self.path}: {self.message}" if self.path else self.message)
 
 
 class SpecError(InputError):
@@ -61,8 +74,8 @@ class BuildError(PimError):
         self.tail = list(tail or [])
         super().__init__(message)
 
-    def __str__(self) -> str:
-        msg = super().__str__()
+    def _text(self) -> str:
+        msg = super()._text()
         if not self.tail:
             return msg
         return msg + "\n--- last lines ---\n" + "\n".join(self.tail)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
+from pim.engine.events import Secrets
+
 HEARTBEAT = 30.0  # seconds of silence before "still working"
 PROGRESS_EVERY = 10.0  # at most one progress line per stage this often
 
@@ -16,19 +18,22 @@ Log = Callable[[str, str], None]  # (level: info | warning, message)
 
 class Relay:
     """Engine events -> log lines: stages, the engine's own log lines, progress at most every
-    PROGRESS_EVERY seconds per stage, and a heartbeat after HEARTBEAT seconds of silence."""
+    PROGRESS_EVERY seconds per stage, and a heartbeat after HEARTBEAT seconds of silence.
 
-    def __init__(self, label: str, log: Log, secrets: Iterable[str] = ()):
+    label: prefixes every line. log: called as log(level, text). secrets: a registry, or
+    the values for a new one; every line is masked through it, and so is anything else
+    the process logs or raises while the relay exists (pim.engine.events.mask_live).
+    """
+
+    def __init__(self, label: str, log: Log, secrets: Secrets | Iterable[str] = ()):
         self.label, self.log = label, log
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.secrets = secrets if isinstance(secrets, Secrets) else Secrets(secrets)
         self.started = self.last_said = time.monotonic()
         self.stage: str | None = None
         self._progress_at: dict[str, float] = {}
 
     def say(self, level: str, text: str) -> None:
-        for s in self.secrets:
-            text = text.replace(s, "********")
-        self.log(level, f"{self.label}: {text}")
+        self.log(level, self.secrets.redact(f"{self.label}: {text}"))
         self.last_said = time.monotonic()
 
     def event(self, e: dict[str, Any]) -> None:

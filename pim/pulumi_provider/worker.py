@@ -70,19 +70,13 @@ def run(op: str, job: dict[str, Any], *, label: str, timeout: float | None = Non
     proc.wait()
     drain.join(timeout=5)
     if outcome is None:
-        lines = [relay_redact(line, secrets) for line in tail]
+        lines = [relay.secrets.redact(line) for line in tail]
         raise BuildError(f"{label}: the worker ended ({_status(proc.returncode)}) without an answer", lines)
     kind, value = outcome
     if kind == "result":
         return value
     error = InputError if value.get("input") else BuildError
-    raise error(f"{label}: {value.get('message', 'failed')}")
-
-
-def relay_redact(text: str, secrets: Iterable[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "********")
-    return text
+    raise error(relay.secrets.redact(f"{label}: {value.get('message', 'failed')}"))
 
 
 def _pump(proc: subprocess.Popen, relay: Relay, deadline: float | None, timeout: float | None,

@@ -13,12 +13,12 @@ import urllib.parse
 from typing import Any
 
 from pim.engine.errors import InputError
+from pim.engine.events import Secrets
 
 # Variables whose values are secret whatever their length; other string values are
 # masked in error messages too, but only from 4 characters on so that messages stay
 # readable (a keyboard layout "us" would otherwise be masked inside every word).
 _SECRET_NAME = re.compile(r"password|secret|token|passphrase", re.IGNORECASE)
-_MASK = "********"
 
 
 def _url_part(part: str):
@@ -87,13 +87,11 @@ def render(template: str, variables: dict[str, Any], what: str) -> str:
 
 def redact(message: str, variables: dict[str, Any]) -> str:
     """message with every variable value in it masked (secrets whatever their length)."""
-    values = []
+    values = Secrets(live=False)
     for name, value in variables.items():
-        if isinstance(value, str) and value and (_SECRET_NAME.search(name) or len(value) >= 4):
-            values.append(value)
-    for value in sorted(values, key=len, reverse=True):
-        message = message.replace(value, _MASK)
-    return message
+        if isinstance(value, str):
+            values.add(value, min_length=1 if _SECRET_NAME.search(name) else None)
+    return values.redact(message)
 
 
 def _template_line(error: BaseException) -> int | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pim.engine.events import Secrets
 from pim.engine.installers.families import get
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "subiquity-autoinstall-schema.json"
@@ -56,11 +57,8 @@ def check(family: str, rendered: str | Mapping[str, bytes | str], *, secrets: It
         _kickstart(texts[fam.answer_name], fam.answer_name, kickstart_version, report)
     else:
         _autoinstall(texts, schema_path or SCHEMA_PATH, report)
-    masked = [s for s in secrets if s]
-    for index, problem in enumerate(report.problems):
-        for secret in sorted(masked, key=len, reverse=True):
-            problem = problem.replace(secret, "********")
-        report.problems[index] = problem
+    masked = Secrets(secrets, min_length=1, live=False)
+    report.problems = [masked.redact(problem) for problem in report.problems]
     return report
 
 

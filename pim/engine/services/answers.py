@@ -16,11 +16,20 @@ from pim.engine.services.loopback import GUEST_HOST, LoopbackServer
 
 
 class AnswerServer:
+    """Serves files (name -> bytes, or a Path read per request) under /<token>/name.
+
+    events: its access log, one log event per request (method, file name or
+    "unknown path", status, size); the token joins events' secrets, so the answer
+    URL is masked wherever the build shows it. Use as a context manager: the server
+    runs between enter and exit.
+    """
+
     def __init__(self, files: dict[str, bytes | Path], events: Emitter, stage: str = "install"):
         self._files = dict(files)
         self.events = events
         self.stage = stage
         self.token = secrets.token_urlsafe(16)
+        events.add_secret(self.token)  # the answer URL reaches the console, boot parameters and logs
         self.fetched: list[str] = []
         self._server = LoopbackServer(self._serve, "answer-server")
 

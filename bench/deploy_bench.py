@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pim.engine.deploy import aws  # noqa: E402
-from pim.engine.deploy.blocks import EBS_BLOCK, open_raw  # noqa: E402
+from pim.engine.deploy.aws import direct as aws  # noqa: E402
+from pim.engine.deploy.aws.blocks import EBS_BLOCK, open_raw  # noqa: E402
 from pim.engine.deploy.model import BuiltImage  # noqa: E402
 from pim.engine.deploy.spec import AwsTarget  # noqa: E402
 from pim.engine.events import Emitter  # noqa: E402

@@ -106,7 +106,7 @@ def delete(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
 
 
 def retag_aws(target: AwsTarget, image: BuiltImage, old: dict[str, str], new: dict[str, str], events: Emitter) -> None:
-    from pim.engine.deploy import aws
+    from pim.engine.deploy.aws import amis as aws
 
     clients = aws.Clients(target)
     gone = sorted(set(old) - set(new))
@@ -123,7 +123,7 @@ def retag_aws(target: AwsTarget, image: BuiltImage, old: dict[str, str], new: di
 
 def retag_proxmox(target: ProxmoxTarget, name: str, key: str, tags: dict[str, str], events: Emitter,
                   base: Path) -> None:
-    from pim.engine.deploy import proxmox
+    from pim.engine.deploy.proxmox import backend as proxmox
 
     found = proxmox.exists(target, BuiltImage(name, key, None), events, base_dir=base)
     if found is None:

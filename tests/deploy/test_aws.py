@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from pim.engine.deploy import aws as aws_mod
-from pim.engine.deploy import aws_import
+from pim.engine.deploy.aws import amis, s3import
+from pim.engine.deploy.aws import backend as aws_mod
+from pim.engine.deploy.aws.common import Clients, checksum
 from pim.engine.deploy.model import BuiltImage, DeployError
 from tests.deploy.conftest import BLOCK, Disk, Recorder, aws_target, boto, make_disk, standard_writes
 
@@ -42,7 +43,7 @@ def own_images(url: str, region: str) -> list[dict[str, Any]]:
 
 def images_of(url: str, region: str, image: BuiltImage) -> list[dict[str, Any]]:
     """The moto server lives for the session: each test looks only at its own build's AMIs."""
-    return aws_mod.find_images(boto(url, "ec2", region), image)
+    return amis.find_images(boto(url, "ec2", region), image)
 
 
 def test_every_block_round_trips_and_zero_blocks_are_not_sent(aws: str, disk: Disk, events: Recorder) -> None:
@@ -86,7 +87,7 @@ def test_delete_leaves_no_ami_or_snapshot_in_any_region(aws: str, disk: Disk, ev
     assert result.resources["regions"]["us-east-1"]["ami"] in removed
     for region in target.regions:
         assert images_of(aws, region, disk.image) == []
-        assert aws_mod.tagged_snapshots(boto(aws, "ec2", region), disk.image.key) == []
+        assert amis.tagged_snapshots(boto(aws, "ec2", region), disk.image.key) == []
     home_snap = result.resources["regions"]["us-east-1"]["snapshot"]
     assert home_snap in removed
     assert aws_mod.delete(target, disk.image, events.emitter) == []  # already gone is success
@@ -109,7 +110,7 @@ def test_an_orphan_snapshot_of_an_interrupted_upload_is_cleaned(aws: str, disk: 
     ebs = boto(aws, "ebs")
     orphan = ebs.start_snapshot(VolumeSize=1, Tags=[{"Key": "pim:key", "Value": disk.image.key}])["SnapshotId"]
     aws_mod.deploy(aws_target(aws), disk.image, events.emitter)
-    assert orphan not in aws_mod.tagged_snapshots(boto(aws, "ec2"), disk.image.key)
+    assert orphan not in amis.tagged_snapshots(boto(aws, "ec2"), disk.image.key)
 
 
 # ---------------------------------------------------------------- register_image arguments
@@ -124,7 +125,7 @@ def test_register_image_arguments_match_botocore_model(arch: str, firmware: str,
 
     image = BuiltImage(**{**disk.image.__dict__, "arch": arch, "firmware": firmware, "virtual_size": 3 << 30})
     target = aws_target("http://127.0.0.1:9", volume_type="gp3", root_device="/dev/xvda")
-    args = aws_mod.register_args(image, target, "snap-0123456789abcdef0")
+    args = amis.register_args(image, target, "snap-0123456789abcdef0")
     assert args["Architecture"] == want_arch and args["BootMode"] == want_boot
     assert args["EnaSupport"] is True and args["RootDeviceName"] == "/dev/xvda"
     assert args["BlockDeviceMappings"][0]["Ebs"] == {"SnapshotId": "snap-0123456789abcdef0", "VolumeType": "gp3",
@@ -137,7 +138,7 @@ def test_register_image_arguments_match_botocore_model(arch: str, firmware: str,
         stub.add_response("describe_images", {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": "available"}]},
                           {"ImageIds": ["ami-0123456789abcdef0"]})
         clients = _StubClients(target, {"ec2": ec2})
-        assert aws_mod.register(clients, target, image, "snap-0123456789abcdef0") == "ami-0123456789abcdef0"
+        assert amis.register(clients, target, image, "snap-0123456789abcdef0") == "ami-0123456789abcdef0"
         stub.assert_no_pending_responses()
 
 
@@ -146,10 +147,10 @@ def test_arm64_needs_uefi(disk: Disk) -> None:
 
     image = BuiltImage(**{**disk.image.__dict__, "arch": "aarch64", "firmware": "bios"})
     with pytest.raises(InputError, match="UEFI"):
-        aws_mod.register_args(image, aws_target("http://127.0.0.1:9"), "snap-1")
+        amis.register_args(image, aws_target("http://127.0.0.1:9"), "snap-1")
 
 
-class _StubClients(aws_mod.Clients):
+class _StubClients(Clients):
     def __init__(self, target: Any, clients: dict[str, Any]):
         super().__init__(target)
         self.fixed = clients
@@ -209,14 +210,14 @@ class FakeImportEc2:
             block = body[i:i + BLOCK].ljust(BLOCK, b"\0")
             if block.count(0) != BLOCK:
                 ebs.put_snapshot_block(SnapshotId=sid, BlockIndex=i // BLOCK, BlockData=block, DataLength=BLOCK,
-                                       Checksum=aws_mod.checksum(block), ChecksumAlgorithm="SHA256")
+                                       Checksum=checksum(block), ChecksumAlgorithm="SHA256")
         ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=0)
         return sid
 
 
 @pytest.fixture
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aws_import, "POLL_DELAY", 0.01)
+    monkeypatch.setattr(s3import, "POLL_DELAY", 0.01)
 
 
 def test_import_snapshot_path(aws: str, disk: Disk, events: Recorder, fast_polls: None) -> None:
@@ -245,6 +246,6 @@ def test_import_snapshot_failure_is_reported_and_leaves_nothing(aws: str, disk: 
 
 
 def test_part_size_respects_the_part_limit() -> None:
-    assert aws_import.part_size(1 << 30) == 8 << 20
-    assert aws_import.part_size(2 << 40) * aws_import.MAX_PARTS >= 2 << 40
-    assert aws_import.part_size(2 << 40) % (1 << 20) == 0
+    assert s3import.part_size(1 << 30) == 8 << 20
+    assert s3import.part_size(2 << 40) * s3import.MAX_PARTS >= 2 << 40
+    assert s3import.part_size(2 << 40) % (1 << 20) == 0

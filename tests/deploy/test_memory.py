@@ -35,11 +35,11 @@ args = json.loads(sys.argv[1])
 image = BuiltImage(**{**args["image"], "path": Path(args["image"]["path"])})
 if args["kind"] == "aws":
     import boto3
-    from pim.engine.deploy import aws as backend
+    from pim.engine.deploy.aws import backend
     target = AwsTarget(**args["target"])
 else:
     import proxmoxer, requests_toolbelt
-    from pim.engine.deploy import proxmox as backend
+    from pim.engine.deploy.proxmox import backend
     target = ProxmoxTarget(**args["target"])
 def hwm():  # peak RSS of this process image (ru_maxrss would include the forked parent's pages)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from pim.engine.deploy import proxmox
+from pim.engine.deploy.proxmox import backend as proxmox
+from pim.engine.deploy.proxmox.params import upload_name
 from pim.engine.deploy.model import BuiltImage, DeployError
 from pim.engine.errors import InputError
 from tests.deploy.conftest import Disk, Recorder, pve_target
@@ -24,7 +25,7 @@ def test_pve_84_uploads_import_content_and_makes_a_template(pve: Any, pve_env: s
                                                             events: Recorder) -> None:
     result = proxmox.deploy(pve_target(pve, pve_cert[0]), disk.image, events.emitter, "pve")
     assert result.created and result.resources["vmid"] == 100 and result.resources["node"] == "pve"
-    volid = f"local:import/{proxmox.upload_name(disk.image)}"
+    volid = f"local:import/{upload_name(disk.image)}"
     assert result.resources["volume"] == volid
     uploaded = Path(pve.files[volid]["path"])
     assert hashlib.sha256(uploaded.read_bytes()).hexdigest() == disk.image.sha256
@@ -95,7 +96,7 @@ def test_before_84_the_node_shell_imports_the_disk(version: str, pve: Any, pve_e
                "known_hosts": str(node.known_hosts)}
         target = pve_target(pve, pve_cert[0], ssh=ssh)
         result = proxmox.deploy(target, disk.image, events.emitter)
-        path = f"/var/tmp/pim/{proxmox.upload_name(disk.image)}"
+        path = f"/var/tmp/pim/{upload_name(disk.image)}"
         assert result.resources["volume"] == f"ssh:{path}"
         assert pve.count("POST", r"/upload$") == 0  # nothing went through the API upload
         on_node = tmp_path / "node" / path.lstrip("/")

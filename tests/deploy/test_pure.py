@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pim.engine.deploy import aws, proxmox, proxmox_ssh
-from pim.engine.deploy.blocks import Extent, block_runs, parse_map
+from pim.engine.deploy.aws import common as aws
+from pim.engine.deploy.aws.blocks import Extent, block_runs, parse_map
+from pim.engine.deploy.proxmox import params as proxmox
+from pim.engine.deploy.proxmox import shell
 from pim.engine.deploy.model import BuiltImage
-from pim.engine.deploy.spec import ProxmoxTarget, resolve_token_secret
+from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, resolve_token_secret
 from pim.engine.errors import InputError, SpecError
 from pim.engine.config.spec import parse_config
 
@@ -69,7 +71,7 @@ def test_pve_versions_and_the_path_they_decide() -> None:
     assert proxmox.parse_version("9.0") == (9, 0, 0)
     assert [proxmox.has_import_content(v) for v in [(7, 4, 3), (8, 3, 5), (8, 4, 0), (9, 0, 0)]] == \
         [False, False, True, True]
-    assert "8.4" in proxmox_ssh.needs_ssh_message((8, 3, 5))
+    assert "8.4" in shell.needs_ssh_message((8, 3, 5))
 
 
 def test_the_upload_name_is_content_addressed() -> None:
@@ -104,12 +106,12 @@ def test_tags_and_imported_volume_parsing() -> None:
     assert proxmox.has_tag({"tags": f"pim;pim-{KEY}"}, f"pim-{KEY}")
     assert not proxmox.has_tag({"tags": "pim"}, f"pim-{KEY}")
     out = "importing disk '/var/tmp/pim/x.qcow2' to VM 100 ...\nSuccessfully imported disk as 'unused0:local-lvm:vm-100-disk-0'\n"
-    assert proxmox_ssh.imported_volume(out, {}) == "local-lvm:vm-100-disk-0"
-    assert proxmox_ssh.imported_volume("", {"unused0": "a:1", "unused2": "b:2", "unused10": "c:3"}) == "c:3"
+    assert shell.imported_volume(out, {}) == "local-lvm:vm-100-disk-0"
+    assert shell.imported_volume("", {"unused0": "a:1", "unused2": "b:2", "unused10": "c:3"}) == "c:3"
 
 
 def test_aws_names_and_tags() -> None:
-    target = aws.AwsTarget(type="aws", region="us-east-1", tags={"team": "infra"})
+    target = AwsTarget(type="aws", region="us-east-1", tags={"team": "infra"})
     assert aws.ami_name(IMAGE) == "pim-web_1-0123456789abcdef"
     tags = aws.tags_for(IMAGE, target)
     assert tags["pim:key"] == KEY and tags["pim:image"] == "web_1" and tags["team"] == "infra"

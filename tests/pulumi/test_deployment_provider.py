@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pim.engine.deploy import aws as aws_mod
+from pim.engine.deploy.aws import amis as aws_mod
 from pim.engine.deploy.model import BuiltImage
 from pim.pulumi_provider.deployment import DeploymentProvider
 from pim.pulumi_provider.image import ImageProvider

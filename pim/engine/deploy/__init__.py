@@ -6,7 +6,9 @@
 
 `target` is a TargetSpec from pim.yaml (pim.engine.deploy.spec), `image` a
 BuiltImage (the newest build from the store, or just a name and key to delete).
-Cloud SDKs (boto3, proxmoxer) are imported only when a target of that type is used.
+One package per target type (aws/, proxmox/), each with a `backend` module holding
+its deploy / exists / delete; model.py and spec.py are what they share. Cloud SDKs
+(boto3, proxmoxer) are imported only when a target of that type is used.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ __all__ = ["BuiltImage", "DeployError", "DeployResult", "TargetSpec", "deploy", 
 
 def _backend(target: Any) -> Any:
     if isinstance(target, AwsTarget):
-        from pim.engine.deploy import aws
+        from pim.engine.deploy.aws import backend as aws
 
         return aws
     if isinstance(target, ProxmoxTarget):
-        from pim.engine.deploy import proxmox
+        from pim.engine.deploy.proxmox import backend as proxmox
 
         return proxmox
     raise TypeError(f"not a deploy target: {target!r}")

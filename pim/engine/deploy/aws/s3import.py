@@ -8,14 +8,15 @@ deadline; the S3 object is removed whatever happened.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from pim.engine.deploy.aws import Clients, checksum, tag_list, tags_for, with_retries
-from pim.engine.deploy.blocks import open_raw
+from pim.engine.deploy.aws.blocks import open_raw
+from pim.engine.deploy.aws.common import Clients, checksum, failing_as, tag_list, tags_for
 from pim.engine.deploy.model import BuiltImage, DeployError
 from pim.engine.deploy.spec import AwsTarget
+from pim.engine.errors import WaitTimeout
 from pim.engine.events import Emitter
+from pim.engine.wait import until
 
 MIB = 1 << 20
 MAX_PARTS = 10_000
@@ -57,9 +58,9 @@ def _upload_object(s3: Any, bucket: str, key: str, disk: Any, events: Emitter) -
         for number, offset in enumerate(range(0, disk.size, size), start=1):
             data = disk.read(offset, min(size, disk.size - offset))
             digest = checksum(data)
-            etag = with_retries(lambda: s3.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
-                ChecksumSHA256=digest)["ETag"], f"S3 UploadPart {number}")
+            with failing_as(f"S3 UploadPart {number}"):
+                etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+                                      ChecksumSHA256=digest)["ETag"]
             parts.append({"PartNumber": number, "ETag": etag, "ChecksumSHA256": digest})
             events.progress("upload", offset + size, disk.size, "bytes to S3")
         s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
@@ -79,24 +80,31 @@ def import_snapshot(ec2: Any, bucket: str, key: str, image: BuiltImage, target: 
         TagSpecifications=[{"ResourceType": "import-snapshot-task", "Tags": tag_list(tags_for(image, target))}],
     )
     task_id = task["ImportTaskId"]
-    deadline = time.monotonic() + target.task_timeout
-    delay = POLL_DELAY
-    while True:
+    last: dict[str, Any] = {}
+
+    # No botocore waiter fits: snapshot_imported does not stop on a deleted task, and the
+    # task's progress is worth reporting at every poll.
+    def finished() -> str | None:
         tasks = ec2.describe_import_snapshot_tasks(ImportTaskIds=[task_id])["ImportSnapshotTasks"]
         detail = tasks[0]["SnapshotTaskDetail"] if tasks else {"Status": "deleted", "StatusMessage": "task vanished"}
+        last.update(detail)
         status = detail.get("Status", "")
         if status == "completed":
-            sid = detail["SnapshotId"]
-            ec2.create_tags(Resources=[sid], Tags=tag_list(tags_for(image, target)))
-            return sid
+            return str(detail["SnapshotId"])
         if status in ("deleted", "deleting"):
             raise DeployError(f"ImportSnapshot {task_id} failed: {detail.get('StatusMessage', 'no reason given')}")
-        if time.monotonic() > deadline:
-            try:
-                ec2.cancel_import_task(ImportTaskId=task_id, CancelReason="pim: deadline passed")
-            finally:
-                raise DeployError(f"ImportSnapshot {task_id} did not finish within {target.task_timeout:.0f} s "
-                                  f"(last: {status} {detail.get('Progress', '')}%)")
-        events.log("upload", f"import {task_id}: {status} {detail.get('Progress', '')}% {detail.get('StatusMessage', '')}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 15.0)
+        events.log("upload", f"import {task_id}: {status} {detail.get('Progress', '')}% "
+                             f"{detail.get('StatusMessage', '')}")
+        return None
+
+    try:
+        sid = until(finished, what=f"ImportSnapshot {task_id}", timeout=target.task_timeout, interval=POLL_DELAY,
+                    backoff=1.5, max_interval=15.0)
+    except WaitTimeout:
+        try:
+            ec2.cancel_import_task(ImportTaskId=task_id, CancelReason="pim: deadline passed")
+        finally:
+            raise DeployError(f"ImportSnapshot {task_id} did not finish within {target.task_timeout:.0f} s "
+                              f"(last: {last.get('Status', '')} {last.get('Progress', '')}%)") from None
+    ec2.create_tags(Resources=[sid], Tags=tag_list(tags_for(image, target)))
+    return sid

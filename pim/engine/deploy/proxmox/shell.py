@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pim.engine.deploy.model import BuiltImage, DeployError
-from pim.engine.deploy.proxmox import Pve, create_vm, destroy, disk_options, upload_name, vm_params
+from pim.engine.deploy.proxmox.api import Pve, create_vm, destroy
+from pim.engine.deploy.proxmox.params import disk_options, upload_name, vm_params
 from pim.engine.deploy.spec import ProxmoxTarget
 from pim.engine.errors import InputError
 from pim.engine.events import Emitter

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pim.engine.deploy.model import DeployError
+from pim.engine.errors import WaitAborted, WaitTimeout
 from pim.engine.run import run, spawn_detached
+from pim.engine.wait import until
 
 EBS_BLOCK = 512 * 1024  # the EBS direct APIs' only block size
 
@@ -190,22 +192,26 @@ def open_raw(path: Path, start_timeout: float = 20.0) -> Iterator[RawDisk]:
         proc = spawn_detached(["qemu-nbd", "--read-only", "--format=qcow2", "--export-name=pim",
                                f"--socket={sock_path}", str(path)], Path(tmp) / "qemu-nbd.log")
         client = None
+
+        def connect() -> NbdClient:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(60)
+            try:
+                sock.connect(str(sock_path))
+                return NbdClient(sock, "pim")
+            except BaseException:
+                sock.close()
+                raise
+
         try:
-            deadline = time.monotonic() + start_timeout
-            while client is None:
-                if proc.poll() is not None:
-                    tail = (Path(tmp) / "qemu-nbd.log").read_text(errors="replace").splitlines()[-10:]
-                    raise DeployError(f"qemu-nbd exited with status {proc.returncode}", tail)
-                try:
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(60)
-                    sock.connect(str(sock_path))
-                    client = NbdClient(sock, "pim")
-                except (FileNotFoundError, ConnectionRefusedError):
-                    sock.close()
-                    if time.monotonic() > deadline:
-                        raise DeployError(f"qemu-nbd did not open {sock_path} within {start_timeout:.0f} s") from None
-                    time.sleep(0.02)
+            try:
+                client = until(connect, what=f"qemu-nbd's socket {sock_path}", timeout=start_timeout, interval=0.02,
+                               alive=lambda: proc.poll() is None, ignore=(FileNotFoundError, ConnectionRefusedError))
+            except WaitAborted:
+                tail = (Path(tmp) / "qemu-nbd.log").read_text(errors="replace").splitlines()[-10:]
+                raise DeployError(f"qemu-nbd exited with status {proc.returncode}", tail) from None
+            except WaitTimeout:
+                raise DeployError(f"qemu-nbd did not open {sock_path} within {start_timeout:.0f} s") from None
             yield RawDisk(client, extents)
         finally:
             if client is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from common import ROOT, fixture_iso, make_config  # noqa: F401  (ROOT puts the repo on sys.path)
 
 from pim.engine.pipeline.build import content_keys  # noqa: E402
+from pim.engine.store.objects import Store  # noqa: E402
 from pim.engine.config.spec import load_config  # noqa: E402
 from pim.pulumi_provider.image import ImageProvider  # noqa: E402
 from tests.pulumi.grpc_client import DynamicServer, provider_env, with_provider  # noqa: E402
@@ -39,7 +40,7 @@ def one_run(folder: Path, iso: Path, cache: Path, n: int) -> dict[str, float]:
     # the stored key, computed with a cache of its own so the server's first Diff finds the
     # ISO's hash memoized only on the second run
     t0 = time.perf_counter()
-    key = content_keys(load_config(config), "e2e", cache.with_name("keys-cache"))["final"]
+    key = content_keys(load_config(config), "e2e", Store(cache.with_name("keys-cache")))["final"]
     in_process = time.perf_counter() - t0
     olds = with_provider({**inputs, "content_key": key}, ImageProvider())
     news = with_provider(inputs, ImageProvider())

@@ -36,7 +36,7 @@ def _keys(tmp_path: Path, image: dict, files: dict[str, str], iso_sha: str = "a"
     cfg = load_config(write_config(tmp_path / "cfg", {"img": image}, files))
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
-    return stage_keys(cfg, cfg.image("img"), iso_sha, cache)
+    return stage_keys(cfg, cfg.image("img"), iso_sha, cache, "img").as_dict()
 
 
 def _set(image: dict, dotted: str, value: object) -> dict:
@@ -91,6 +91,13 @@ def test_file_content_changes_exactly_its_stages(tmp_path: Path, name: str, expe
     assert {s for s in ALL if before[s] != after[s]} == expected
 
 
+def test_the_image_name_is_the_guest_host_name_so_it_changes_everything(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "cfg", {"img": BASE}, FILES))
+    (tmp_path / "cache").mkdir()
+    web, db = (stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", h).as_dict() for h in ("web", "db"))
+    assert all(web[s] != db[s] for s in ALL)
+
+
 def test_iso_checksum_changes_everything(tmp_path: Path) -> None:
     before = _keys(tmp_path, BASE, FILES, iso_sha="a" * 64)
     after = _keys(tmp_path, BASE, FILES, iso_sha="b" * 64)
@@ -110,5 +117,70 @@ def test_secret_is_not_recoverable_from_inputs(tmp_path: Path) -> None:
     image = _set(BASE, "ssh.password", "hunter2-password")
     cfg = load_config(write_config(tmp_path / "cfg", {"img": image}, FILES))
     (tmp_path / "cache").mkdir()
-    inputs = install_inputs(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache")
+    inputs = install_inputs(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", "img")
     assert "hunter2-password" not in repr(inputs)
+
+
+# What PIM itself puts into the guest or onto the installer's command line is content:
+# editing it changes exactly the keys of the stages it shapes.
+DEBIAN = {"source": {"iso": "installer.iso"}, "installer": {"family": "debian"}}
+
+
+def _family_edit(monkeypatch: pytest.MonkeyPatch, field: str) -> None:
+    import dataclasses
+
+    from pim.engine.installers import families
+
+    fam = families.FAMILIES["debian"]
+    monkeypatch.setitem(families.FAMILIES, "debian", dataclasses.replace(fam, **{field: getattr(fam, field) + " x"}))
+
+
+GUEST_CONTENT = [
+    ("generalize script", lambda mp: mp.setattr("pim.engine.pipeline.guestfiles.GENERALIZE",
+                                                "#!/bin/sh\necho changed\n"), BASE, DOWNSTREAM),
+    ("step prelude", lambda mp: mp.setattr("pim.engine.pipeline.guestfiles.STEP_PRELUDE",
+                                           "#!/bin/sh\nset -eu\n"), BASE, DOWNSTREAM),
+    ("family boot params", lambda mp: _family_edit(mp, "boot_params"), DEBIAN, ALL),
+    ("family log params", lambda mp: _family_edit(mp, "log_params"), DEBIAN, ALL),
+    ("built-in template", lambda mp: mp.setattr("pim.engine.installers.families.builtin_template",
+                                                lambda family, name: "changed {{ hostname }}"), DEBIAN, ALL),
+]
+
+
+@pytest.mark.parametrize("change,image,expected", [c[1:] for c in GUEST_CONTENT], ids=[c[0] for c in GUEST_CONTENT])
+def test_content_pim_writes_changes_exactly_its_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        change, image: dict, expected: set) -> None:
+    before = _keys(tmp_path, image, FILES)
+    change(monkeypatch)
+    after = _keys(tmp_path, image, FILES)
+    assert {s for s in ALL if before[s] != after[s]} == expected
+
+
+BOOT_MACHINE = [("cpus", 4), ("memory", "4G"), ("firmware", "uefi")]
+
+
+@pytest.mark.parametrize("field,value", BOOT_MACHINE, ids=[c[0] for c in BOOT_MACHINE])
+def test_the_boot_snapshot_key_follows_the_machine_it_restores_into(tmp_path: Path, field: str, value) -> None:
+    from pim.engine.pipeline.keys import boot_key
+
+    def key(image: dict, accel: str = "tcg", qemu: str = "7.2.0") -> str:
+        cfg = load_config(write_config(tmp_path / "cfg", {"img": image}, FILES))
+        return boot_key(cfg.image("img"), _keys(tmp_path, image, FILES)["install"], accel, qemu)
+
+    base = key(BASE)
+    assert base == key(BASE) and len(base) == 64
+    assert key(_set(BASE, field, value)) != base
+    assert key(BASE, accel="kvm") != base
+    assert key(BASE, qemu="8.2.0") != base
+    # and the image keys do not depend on it
+    assert _keys(tmp_path, _set(BASE, "cpus", 4), FILES) == _keys(tmp_path, BASE, FILES)
+
+
+def test_a_missing_script_is_an_input_error_naming_it(tmp_path: Path) -> None:
+    from pim.engine.errors import InputError
+
+    cfg = load_config(write_config(tmp_path / "cfg", {"img": BASE}, FILES))
+    (tmp_path / "cfg" / "setup.sh").unlink()
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(InputError, match="setup.sh"):
+        stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", "img")

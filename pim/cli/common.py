@@ -21,3 +21,12 @@ def fail(err: BaseException) -> "typer.Exit":
 
     print(f"error: {err}", file=sys.stderr)
     return typer.Exit(err.exit_code if isinstance(err, PimError) else 1)
+
+
+def open_store():  # type: ignore[no-untyped-def]
+    """The store every verb uses: $PIM_CACHE_DIR, else $XDG_CACHE_HOME/pim, else
+    ~/.cache/pim (read here, at the edge, and passed to the engine)."""
+    from pim.engine.paths import cache_dir
+    from pim.engine.store.objects import Store
+
+    return Store(cache_dir())

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pim.cli.common import ConfigOpt, fail
+from pim.cli.common import ConfigOpt, fail, open_store
 
 
 def deploy(
@@ -25,9 +25,7 @@ def deploy(
     from pim.cli.render import event_stream
     from pim.engine import deploy as engine
     from pim.engine.errors import PimError, Problem, SpecError
-    from pim.engine.paths import cache_dir
     from pim.engine.config.spec import load_config
-    from pim.engine.store.objects import Store
 
     with event_stream(json_out, verbose) as events:
         outcome: dict | None = None
@@ -41,7 +39,7 @@ def deploy(
                 built = engine.BuiltImage.by_key(image, key)
             else:
                 cfg.image(image)
-                built = engine.BuiltImage.newest(Store(cache_dir()), image)
+                built = engine.BuiltImage.newest(open_store(), image)
             if delete:
                 removed = engine.delete(spec, built, events, base_dir=cfg.base_dir)
                 outcome = {"target": target, "image": image, "key": built.key, "removed": removed}

@@ -7,16 +7,9 @@ import json
 
 import typer
 
-from pim.cli.common import fail
+from pim.cli.common import fail, open_store
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _store():  # type: ignore[no-untyped-def]
-    from pim.engine.paths import cache_dir
-    from pim.engine.store.objects import Store
-
-    return Store(cache_dir())
 
 
 def _when(ts: float) -> str:
@@ -29,7 +22,7 @@ def list_(json_out: bool = typer.Option(False, "--json")) -> None:
     from pim.engine.store.inventory import entries
     from pim.engine.config.units import human_size
 
-    items = entries(_store())
+    items = entries(open_store())
     if json_out:
         typer.echo(json.dumps([e.to_json() for e in items], indent=2))
         return
@@ -46,11 +39,14 @@ def show(ref: str = typer.Argument(..., help="Image name (its newest build) or k
     from pim.engine.store.inventory import find
 
     try:
-        entry = find(_store(), ref)
+        entry = find(open_store(), ref)
     except PimError as e:
         raise fail(e) from None
-    manifest = entry.path.parent / ("manifest.json" if entry.kind == "final" else "stage.json")
-    typer.echo(manifest.read_text())
+    try:
+        manifest = open_store().manifest(entry.key)
+    except PimError as e:
+        raise fail(e) from None
+    typer.echo(manifest.model_dump_json(indent=2))
 
 
 @app.command()
@@ -59,7 +55,7 @@ def rm(ref: str = typer.Argument(..., help="Image name or key prefix")) -> None:
     from pim.engine.errors import PimError
     from pim.engine.store.inventory import find, remove
 
-    store = _store()
+    store = open_store()
     try:
         entry = find(store, ref)
         remove(store, entry)
@@ -74,8 +70,11 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Only show what wou
     from pim.engine.store.inventory import gc as run_gc
     from pim.engine.config.units import human_size
 
-    doomed = run_gc(_store(), dry_run=dry_run)
+    doomed, in_use = run_gc(open_store(), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for e in doomed:
         typer.echo(f"{verb} {e.key[:12]} {e.kind:8} {e.image or '-':20} {human_size(e.size)}")
-    typer.echo(f"{verb} {len(doomed)} object(s), {human_size(sum(e.size for e in doomed))}", err=True)
+    for e in in_use:
+        typer.echo(f"kept {e.key[:12]} {e.kind:8} {e.image or '-':20} in use by a running build", err=True)
+    typer.echo(f"{verb} {len(doomed)} object(s), {human_size(sum(e.size for e in doomed))}"
+               + (f"; skipped {len(in_use)} in use" if in_use else ""), err=True)

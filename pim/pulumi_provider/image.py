@@ -19,7 +19,7 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
 
 from pim.engine.errors import PimError, SpecError
 from pim.pulumi_provider import worker
-from pim.pulumi_provider.inputs import (IMAGE_KEY_INPUTS, IMAGE_OUTPUTS, image_config, image_failures, tag_failures,
+from pim.pulumi_provider.inputs import (IMAGE_KEY_INPUTS, IMAGE_OUTPUTS, image_config, open_store, image_failures, tag_failures,
                                         unknown_keys)
 
 PROVIDER_KEY = "__provider"
@@ -65,7 +65,7 @@ class ImageProvider(ResourceProvider):
         from pim.engine.pipeline.build import content_keys
 
         cfg, name = image_config(news)
-        if content_keys(cfg, name)["final"] != olds.get("content_key"):
+        if content_keys(cfg, name, open_store())["final"] != olds.get("content_key"):
             # A new key is a new store object: creating it before deleting the old one is safe.
             return DiffResult(changes=True, replaces=["content_key"], delete_before_replace=False)
         old, new = _echo(olds), _echo(news)
@@ -82,7 +82,7 @@ class ImageProvider(ResourceProvider):
 
         inputs = _inputs(news)
         cfg, name = image_config(inputs)
-        found = lookup(cfg, name)
+        found = lookup(cfg, name, open_store())
         if found is None:  # the artifact went missing meanwhile: build it again
             return UpdateResult(self._build(inputs, "update"))
         from pim.engine.pipeline.build import image_outputs
@@ -90,12 +90,10 @@ class ImageProvider(ResourceProvider):
         return UpdateResult(image_outputs(found.manifest_path) | _echo(inputs))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        from pim.engine.paths import cache_dir
-        from pim.engine.store.objects import Store
         from pim.engine.pipeline.build import image_outputs
 
         key = props.get("content_key") or id_
-        store = Store(cache_dir())
+        store = open_store()
         obj = store.object(key) if len(key or "") == 64 else None
         if obj is None or not store.has(key) or not (obj / "manifest.json").is_file():
             worker.pulumi_log("warning", f"pim.Image {props.get('image') or id_}: build {key[:16]} is no longer "
@@ -117,10 +115,8 @@ class ImageProvider(ResourceProvider):
             return
         from pim.engine.store import inventory
         from pim.engine.errors import InputError
-        from pim.engine.paths import cache_dir
-        from pim.engine.store.objects import Store
 
-        store = Store(cache_dir())
+        store = open_store()
         try:
             entry = inventory.find(store, key)
         except InputError:

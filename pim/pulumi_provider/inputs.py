@@ -222,3 +222,12 @@ def target_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str],
             continue
         (in_place if field in IN_PLACE else replace).append(field)
     return replace, in_place
+
+
+def open_store() -> Any:
+    """The store of this provider (or worker) process: $PIM_CACHE_DIR, else
+    $XDG_CACHE_HOME/pim, else ~/.cache/pim (read here, at the edge)."""
+    from pim.engine.paths import cache_dir
+    from pim.engine.store.objects import Store
+
+    return Store(cache_dir())

@@ -7,7 +7,6 @@ process; the outputs helpers are also used in the provider process for fast read
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +15,9 @@ from pim.engine.deploy.model import BuiltImage, DeployError, DeployResult
 from pim.engine.deploy.spec import AwsTarget, ProxmoxTarget, TargetSpec
 from pim.engine.errors import InputError
 from pim.engine.events import Emitter
-from pim.pulumi_provider.inputs import (DEPLOYMENT_OUTPUTS, image_config, pve_tags, target_from_state, target_spec,
+from pim.engine.store import manifest as manifests
+from pim.engine.store.manifest import ManifestError
+from pim.pulumi_provider.inputs import (DEPLOYMENT_OUTPUTS, image_config, open_store, pve_tags, target_from_state, target_spec,
                                         target_view)
 
 # ---------------------------------------------------------------- pim.Image
@@ -29,7 +30,7 @@ def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
     password = cfg.images[name].ssh.password
     if password is not None:
         events.add_secret(password.get_secret_value())
-    result = engine_build(cfg, name, events)
+    result = engine_build(cfg, name, events, store=open_store())
     return image_outputs(result.manifest_path) | {"cached": result.cached}
 
 
@@ -41,8 +42,8 @@ def built_image(job: dict[str, Any], required: bool = True) -> BuiltImage:
     name, key = job["image_name"], job["image_key"]
     path = Path(job.get("manifest_path") or "/nonexistent")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        manifest = manifests.read(path.parent)
+    except ManifestError:
         if required:
             raise InputError(f"the build of image {name!r} (key {key[:16]}) is not in PIM's cache any more "
                              f"({path}): `pulumi refresh` notices it and the next `pulumi up` rebuilds it") from None

@@ -19,7 +19,6 @@ memoized), nothing starts QEMU.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -71,9 +70,10 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
     from pim.engine.pipeline import build as engine
     from pim.engine.pipeline.build import image_outputs
     from pim.engine.config.spec import load_config
+    from pim.engine.paths import cache_dir
+    from pim.engine.store.objects import Store
 
-    if query.get("cache_dir"):
-        os.environ["PIM_CACHE_DIR"] = str(Path(query["cache_dir"]).resolve())
+    store = Store(Path(query["cache_dir"]).resolve() if query.get("cache_dir") else cache_dir())
     cfg = load_config(Path(query["config"]))
     name, building = query["image"], query["mode"] == "build"
     target = None
@@ -82,14 +82,14 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
             known = ", ".join(sorted(cfg.targets)) or "none"
             raise QueryError(f"no target {query['target']!r} in {query['config']}; defined: {known}")
         target = cfg.targets[query["target"]]
-    found = engine.lookup(cfg, name)
+    found = engine.lookup(cfg, name, store)
     if found is None and not building:
         raise QueryError(f"image {name!r} is not built for its current inputs: run `pim build {name} "
                          f"--config {query['config']}`, or set mode = \"build\" in the query")
     password = cfg.images[name].ssh.password
     if password is not None:
         events.add_secret(password.get_secret_value())
-    result = found or engine.build(cfg, name, events)
+    result = found or engine.build(cfg, name, events, store=store)
     out = {k: v for k, v in image_outputs(result.manifest_path).items() if k not in ("stage_keys", "created")}
     out = {"image": name, "key": out.pop("content_key")} | out
     if target is not None:
@@ -98,12 +98,10 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
 
 
 def _deployment(query: dict[str, str], cfg: Any, target: Any, result: Any, building: bool, events: Any) -> dict:
-    import json as _json
-
     from pim.engine import deploy
     from pim.engine.deploy.model import BuiltImage
 
-    image = BuiltImage.from_manifest(_json.loads(result.manifest_path.read_text()), result.path)
+    image = BuiltImage.from_manifest(result.manifest(), result.path)
     kw = {"target_name": query["target"], "base_dir": cfg.base_dir}
     found = deploy.exists(target, image, events, **kw)
     if found is None and not building:

@@ -14,7 +14,6 @@ enter Terraform state.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,7 @@ class ImageResource(Resource):
 
         cfg = _Config.load(proposed)
         try:
-            key = content_keys(cfg, proposed["image"])["final"]
+            key = content_keys(cfg, proposed["image"], _store())["final"]
         except PimError as e:
             raise _errors(e) from None
         if prior is not None and prior.get("key") == key:
@@ -151,7 +150,7 @@ class ImageResource(Resource):
         if password is not None:
             events.add_secret(password.get_secret_value())
         try:
-            result = build(cfg, planned["image"], events)
+            result = build(cfg, planned["image"], events, store=_store())
         except PimError as e:
             raise _errors(e, "image", events) from None
         return planned | _image_attrs(result.manifest_path)
@@ -168,8 +167,6 @@ class ImageResource(Resource):
         """id: CONFIG:IMAGE, e.g. `pim.yaml:debian-12` (the image's newest build)."""
         from pim.engine.deploy.model import BuiltImage
         from pim.engine.errors import PimError
-        from pim.engine.paths import cache_dir
-        from pim.engine.store.objects import Store
 
         config, sep, image = id.rpartition(":")
         if not sep or not config or not image:
@@ -177,7 +174,7 @@ class ImageResource(Resource):
         values = {"config": config, "image": image}
         _Config.load(values)
         try:
-            built = BuiltImage.newest(Store(cache_dir()), image)
+            built = BuiltImage.newest(_store(), image)
         except PimError as e:
             raise _errors(e, "image") from None
         assert built.path is not None
@@ -196,7 +193,7 @@ class ImageData(DataSource):
 
         cfg = _Config.load(config)
         try:
-            found = lookup(cfg, config["image"])
+            found = lookup(cfg, config["image"], _store())
         except PimError as e:
             raise _errors(e) from None
         if found is None:
@@ -233,15 +230,11 @@ class DeploymentResource(Resource):
 
     def _image(self, values: dict[str, Any], required: bool) -> Any:
         from pim.engine.deploy.model import BuiltImage
-        from pim.engine.paths import cache_dir
-        from pim.engine.store.objects import Store
 
-        store, key = Store(cache_dir()), values["image_key"]
-        manifest = store.object(key) / "manifest.json"
-        if store.has(key) and manifest.is_file():
-            import json
-
-            return BuiltImage.from_manifest(json.loads(manifest.read_text()), manifest.parent / "disk.qcow2")
+        store, key = _store(), values["image_key"]
+        if store.has(key):
+            manifest = store.manifest(key)
+            return BuiltImage.from_manifest(manifest, store.object(key) / "disk.qcow2")
         if required:
             raise Diag(f"the build {key[:16]} of image {values['image']!r} is not in PIM's cache",
                        "Its pim_image resource builds it: refresh and apply.", "image_key")
@@ -279,8 +272,6 @@ class DeploymentResource(Resource):
         """id: CONFIG:IMAGE:TARGET (the image's newest build) or CONFIG:IMAGE:TARGET:KEY."""
         from pim.engine.deploy.model import BuiltImage
         from pim.engine.errors import PimError
-        from pim.engine.paths import cache_dir
-        from pim.engine.store.objects import Store
 
         parts = id.split(":")
         key = parts.pop() if len(parts) >= 4 and len(parts[-1]) == 64 else None
@@ -288,7 +279,7 @@ class DeploymentResource(Resource):
             raise Diag(f"import id {id!r}: expected CONFIG:IMAGE:TARGET[:KEY], e.g. pim.yaml:debian-12:pve")
         values = {"config": ":".join(parts[:-2]), "image": parts[-2], "target": parts[-1]}
         try:
-            values["image_key"] = key or BuiltImage.newest(Store(cache_dir()), values["image"]).key
+            values["image_key"] = key or BuiltImage.newest(_store(), values["image"]).key
         except PimError as e:
             raise _errors(e, "image") from None
         found = self.read(values)
@@ -305,8 +296,22 @@ class PimProvider(Provider):
     data_sources = {"pim_image": ImageData()}
 
     def configure(self, config: dict[str, Any]) -> None:
+        _CACHE_ROOT.clear()
         if config.get("cache_dir"):
-            os.environ["PIM_CACHE_DIR"] = str(Path(config["cache_dir"]).resolve())
+            _CACHE_ROOT.append(Path(config["cache_dir"]).resolve())
+
+
+# The provider block's cache_dir, once Terraform has configured this process.
+_CACHE_ROOT: list[Path] = []
+
+
+def _store() -> Any:
+    """The store of this provider process: the provider block's cache_dir, else
+    $PIM_CACHE_DIR, else $XDG_CACHE_HOME/pim (read here, at the edge)."""
+    from pim.engine.paths import cache_dir
+    from pim.engine.store.objects import Store
+
+    return Store(_CACHE_ROOT[0] if _CACHE_ROOT else cache_dir())
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pim.engine.events import Emitter, Event
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig
 from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import load_config
+from pim.engine.store.objects import Store
 from tests.e2e.conftest import apt_package_url, make_config
 
 pytestmark = pytest.mark.e2e
@@ -39,17 +40,15 @@ STEPS = [
 
 
 @pytest.fixture(scope="module")
-def built(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, runtime_root: Path):
-    import os
-
-    os.environ["PIM_CACHE_DIR"], os.environ["XDG_RUNTIME_DIR"] = str(pim_cache), str(runtime_root)
+def built(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, runtime_root: Path,
+          module_pim_env: None):
     folder = tmp_path_factory.mktemp("e2e-main")
     (folder / "motd").write_text("uploaded by pim\n")
     pkg_url, _ = apt_package_url()
     env = {"GLOBAL_VALUE": "global", "PKG_URL": pkg_url}
     cfg = load_config(make_config(folder, fixture_iso, provision=STEPS, env=env))
     events: list[Event] = []
-    result = build(cfg, "e2e", Emitter(events.append))
+    result = build(cfg, "e2e", Emitter(events.append), store=Store(pim_cache))
     return cfg, result, events
 
 
@@ -61,12 +60,13 @@ def test_build_fetched_answer_ran_steps_and_published(built) -> None:
     assert any("step 4:reboot done; waiting for the guest" in m for m in messages)
     assert result.path.is_file() and not result.cached
     manifest = result.manifest()
-    assert manifest["artifact"]["sha256"] == result.sha256
-    assert manifest["stages"]["install"]["answer_fetched"] is True
+    assert manifest.stage == "final" and manifest.artifact is not None
+    assert manifest.artifact.sha256 == result.sha256
+    assert manifest.stages["install"]["answer_fetched"] is True
     # compressed and generalized artifact is smaller than what the installer wrote
-    assert manifest["artifact"]["size"] < manifest["lineage"]["install"]["allocated"]
-    assert manifest["artifact"]["compression"] in ("zstd", "zlib")
-    assert [s["step"] for s in manifest["stages"]["provision"]["steps"]] == [
+    assert manifest.artifact.size < manifest.lineage["install"].allocated
+    assert manifest.artifact.compression in ("zstd", "zlib")
+    assert [s["step"] for s in manifest.stages["provision"]["steps"]] == [
         "write-marker", "upload /etc/pim-e2e/motd", "fetch-package", "reboot", "after-reboot"]
 
 
@@ -110,20 +110,21 @@ def test_artifact_boots_and_answers_qmp_and_guest_agent(built, tmp_path: Path) -
         assert vm.stop(graceful=120) == "guest agent shutdown"
 
 
-def test_second_build_is_a_cache_hit_without_qemu(built) -> None:
+def test_second_build_is_a_cache_hit_without_qemu(built, pim_cache: Path) -> None:
     cfg, first, _ = built
     events: list[Event] = []
-    again = build(cfg, "e2e", Emitter(events.append))
+    again = build(cfg, "e2e", Emitter(events.append), store=Store(pim_cache))
     assert again.cached and again.path == first.path and again.sha256 == first.sha256
     assert not any("starting QEMU" in e.message for e in events)
 
 
-def test_failing_step_names_itself_and_reuses_install(fixture_iso: Path, tmp_path: Path, built) -> None:
+def test_failing_step_names_itself_and_reuses_install(fixture_iso: Path, tmp_path: Path, built,
+                                                       pim_cache: Path) -> None:
     steps = [{"type": "shell", "name": "broken", "inline": "echo about to fail\nexit 7"}]
     cfg = load_config(make_config(tmp_path, fixture_iso, provision=steps))
     events: list[Event] = []
     with pytest.raises(ProvisionError) as e:
-        build(cfg, "e2e", Emitter(events.append))
+        build(cfg, "e2e", Emitter(events.append), store=Store(pim_cache))
     assert "1:broken" in str(e.value) and "exit status 7" in str(e.value)
     assert "about to fail" in e.value.tail
     install_end = next(ev for ev in events if ev.kind == "stage-end" and ev.stage == "install")

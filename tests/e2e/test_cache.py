@@ -17,6 +17,7 @@ from pim.engine.pipeline.build import build
 from pim.engine.events import Emitter, Event
 from pim.engine.qemu.machine import pid_alive
 from pim.engine.config.spec import load_config
+from pim.engine.store.objects import Store
 from tests.e2e.conftest import make_config
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +71,8 @@ def test_killed_build_publishes_nothing_and_next_build_succeeds(fixture_iso: Pat
     # The next build cleans the leftovers and succeeds.
     quick = [{"type": "shell", "name": "quick", "inline": "echo quick > /root/quick"}]
     events: list[Event] = []
-    result = build(load_config(make_config(tmp_path, fixture_iso, provision=quick)), "e2e", Emitter(events.append))
+    result = build(load_config(make_config(tmp_path, fixture_iso, provision=quick)), "e2e", Emitter(events.append),
+                   store=Store(pim_cache))
     assert result.path.is_file() and not result.cached
     assert list((pim_cache / "tmp").iterdir()) == []
     assert [p.name for p in (runtime_root / "pim").iterdir() if p.name.startswith("e2e.")] == []

@@ -85,11 +85,12 @@ def state() -> dict[str, Any]:
     return {}
 
 
-def test_plan_creates_the_image_with_its_content_key_known(tf: Terraform, state: dict) -> None:
-    from pim.engine.pipeline.build import content_keys
+def test_plan_creates_the_image_with_its_content_key_known(tf: Terraform, state: dict, pim_cache: Path) -> None:
     from pim.engine.config.spec import load_config
+    from pim.engine.pipeline.build import content_keys
+    from pim.engine.store.objects import Store
 
-    key = content_keys(load_config(tf.workdir / "pim/pim.yaml"), "e2e")["final"]
+    key = content_keys(load_config(tf.workdir / "pim/pim.yaml"), "e2e", Store(pim_cache))["final"]
     out = tf("plan", "-detailed-exitcode", ok=(2,)).stdout
     assert "pim_image.e2e will be created" in out and "pim_deployment.ami will be created" in out
     assert re.search(rf'\+ key\s+= "{key}"', out), out

@@ -38,7 +38,7 @@ def test_ctrl_c_stops_the_build_and_leaves_nothing(fixture_iso: Path, pim_cache:
     (tmp_path / "main.tf").write_text(MAIN_TF)
     tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(pim_cache),
                                                     "XDG_RUNTIME_DIR": str(runtime_root)})
-    final = content_keys(load_config(config), "e2e", pim_cache)["final"]
+    final = content_keys(load_config(config), "e2e", Store(pim_cache))["final"]
     proc = subprocess.Popen([str(TERRAFORM), "apply", "-auto-approve", "-no-color"], cwd=tmp_path, env=tf.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pid_file = runtime_root / "pim" / "e2e.pid"

@@ -18,6 +18,7 @@ from pim.engine.qemu import firmware
 from pim.engine.pipeline.build import build
 from pim.engine.events import Emitter, Event
 from pim.engine.config.spec import load_config
+from pim.engine.store.objects import Store
 from tests.e2e.conftest import make_config
 
 pytestmark = pytest.mark.e2e
@@ -75,16 +76,14 @@ def ovmf():
 
 
 @pytest.fixture(scope="module")
-def built(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, runtime_root: Path, ovmf):
-    import os
-
-    os.environ["PIM_CACHE_DIR"], os.environ["XDG_RUNTIME_DIR"] = str(pim_cache), str(runtime_root)
+def built(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, runtime_root: Path, ovmf,
+          module_pim_env: None):
     template_sha = _sha256(ovmf.vars)
     steps = [{"type": "shell", "name": "inspect-firmware", "inline": INSPECT}]
     cfg = load_config(make_config(tmp_path_factory.mktemp("e2e-uefi"), fixture_iso, name=NAME,
                                   provision=steps, firmware="uefi"))
     watcher = QemuWatcher(runtime_root / "pim" / f"{NAME}.pid")
-    result = build(cfg, NAME, Emitter(watcher))
+    result = build(cfg, NAME, Emitter(watcher), store=Store(pim_cache))
     return result, watcher, template_sha
 
 
@@ -92,9 +91,9 @@ def test_uefi_build_published(built) -> None:
     result, watcher, _ = built
     assert result.path.is_file() and not result.cached
     manifest = result.manifest()
-    assert manifest["inputs"]["firmware"] == "uefi"
-    assert manifest["stages"]["install"]["answer_fetched"] is True
-    assert [s["step"] for s in manifest["stages"]["provision"]["steps"]] == ["inspect-firmware"]
+    assert manifest.firmware == "uefi"
+    assert manifest.stages["install"]["answer_fetched"] is True
+    assert [s["step"] for s in manifest.stages["provision"]["steps"]] == ["inspect-firmware"]
 
 
 def test_every_qemu_ran_ovmf_with_its_own_vars_copy(built, ovmf, pim_cache: Path) -> None:
@@ -113,7 +112,7 @@ def test_every_qemu_ran_ovmf_with_its_own_vars_copy(built, ovmf, pim_cache: Path
 
 def test_install_stage_keeps_its_firmware_variables(built, ovmf, pim_cache: Path) -> None:
     result, _, template_sha = built
-    vars_copy = pim_cache / "objects" / result.manifest()["lineage"]["install"]["key"] / "efivars.fd"
+    vars_copy = pim_cache / "objects" / result.manifest().lineage["install"].key / "efivars.fd"
     assert vars_copy.stat().st_size == ovmf.vars.stat().st_size
     # OVMF wrote its variables (boot options) into the build's copy during the install.
     assert _sha256(vars_copy) != template_sha

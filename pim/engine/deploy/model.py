@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pim.engine.errors import BuildError, InputError
+
+if TYPE_CHECKING:
+    from pim.engine.store.manifest import Manifest
+    from pim.engine.store.objects import Store
 
 
 class DeployError(BuildError):
@@ -29,20 +32,24 @@ class BuiltImage:
     lineage: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], path: Path) -> "BuiltImage":
-        art, inputs = manifest["artifact"], manifest.get("inputs", {})
-        return cls(manifest["image"], manifest["key"], path, art["sha256"], art["size"], art["virtual_size"],
-                   inputs.get("arch", "x86_64"), inputs.get("firmware", "bios"), manifest.get("lineage", {}))
+    def from_manifest(cls, manifest: "Manifest", path: Path) -> "BuiltImage":
+        """The image a final stage's manifest describes; InputError for any other stage."""
+        art = manifest.artifact
+        if art is None:
+            raise InputError(f"{manifest.key[:12]} is a {manifest.stage} stage, not a built image")
+        lineage: dict[str, Any] = {s: ref.model_dump() for s, ref in manifest.lineage.items()}
+        if manifest.iso:
+            lineage["iso"] = manifest.iso
+        return cls(manifest.image or "", manifest.key, path, art.sha256, art.size, art.virtual_size,
+                   manifest.arch, manifest.firmware, lineage)
 
     @classmethod
-    def newest(cls, store: Any, image: str) -> "BuiltImage":
+    def newest(cls, store: "Store", image: str) -> "BuiltImage":
         """The newest build of `image` in the store (what `pim build` last produced)."""
         ref = store.get_ref(image)
         if not ref or not store.has(ref["key"]):
             raise InputError(f"image {image!r} has not been built yet: run `pim build {image}` first")
-        obj = store.object(ref["key"])
-        manifest = json.loads((obj / "manifest.json").read_text())
-        return cls.from_manifest(manifest, obj / "disk.qcow2")
+        return cls.from_manifest(store.manifest(ref["key"]), store.object(ref["key"]) / "disk.qcow2")
 
     @classmethod
     def by_key(cls, image: str, key: str) -> "BuiltImage":

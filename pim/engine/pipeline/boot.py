@@ -3,67 +3,43 @@ and its machine state saved. Provisioning resumes that running guest in seconds
 instead of booting it again, so a script change replays only the provisioning.
 
 The snapshot is an accelerator, not an input: it never changes the image's bytes,
-and if it cannot be made or restored the build boots the guest instead.
+and if it cannot be made the build boots the guest instead (`stages.BootStage`).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
-import shutil
 import time
 from pathlib import Path
 
 from pim.engine.guest.console import ConsoleWatcher
-from pim.engine.errors import PimError, VMError
-from pim.engine.pipeline.context import Job, free_port
-from pim.engine.pipeline.keys import boot_inputs, digest
+from pim.engine.errors import VMError
+from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
 from pim.engine.guest.ssh import KeyPair, Session
-from pim.engine.store.objects import Store
+from pim.engine.pipeline.stages import copy_efivars
 
 STAGE = "boot"
 STATE = "state"  # the saved machine state inside a boot object
 
 
-def ensure_booted(job: Job, store: Store, install_dir: Path, key: KeyPair) -> Path | None:
-    """The boot object for this install (made now if missing), or None to boot normally."""
-    boot_key = digest(boot_inputs(job.spec, job.keys["install"], job.accel, img.qemu_version(job.spec.arch.value)))
-    events = job.events
-    with store.lock(boot_key):
-        cached = store.has(boot_key)
-        events.emit("stage-begin", STAGE, key=boot_key, cached=cached)
-        if not cached:
-            staging = job.work / "boot-out"
-            staging.mkdir()
-            started = time.monotonic()
-            try:
-                _snapshot(job, install_dir, staging, key)
-            except PimError as e:
-                events.warning(STAGE, f"no booted snapshot ({e}); provisioning boots the guest instead")
-                shutil.rmtree(staging, ignore_errors=True)
-                events.emit("stage-end", STAGE, "skipped", key=boot_key, cached=False)
-                return None
-            (staging / "stage.json").write_text(
-                json.dumps({"stage": "boot", "image": job.name, "key": boot_key, "install": job.keys["install"]})
-            )
-            state_size = (staging / STATE).stat().st_size
-            events.log(STAGE, f"saved the booted guest ({state_size >> 20} MiB) in {time.monotonic() - started:.0f}s")
-            store.publish(staging, boot_key)
-        events.emit("stage-end", STAGE, key=boot_key, cached=cached)
-        return store.object(boot_key)
+def snapshot(ctx: BuildContext, install_dir: Path, staging: Path, key: KeyPair) -> dict[str, object]:
+    """Boot the installed disk (an overlay in `staging`) up to SSH and the guest
+    agent, then save the paused machine's state to `staging/state`.
 
-
-def _snapshot(job: Job, install_dir: Path, staging: Path, key: KeyPair) -> None:
-    spec, events = job.spec, job.events
+    Returns facts for the manifest (seconds to SSH, state size in bytes). Raises
+    PimError (VMError, ProvisionError) when the guest does not come up or the
+    state cannot be saved; the caller then boots the guest normally instead.
+    """
+    spec, events = ctx.spec, ctx.events
+    started = time.monotonic()
     disk = staging / "disk.qcow2"
     img.create(disk, spec.disk_size, backing=install_dir / "disk.qcow2")
-    if (install_dir / "efivars.fd").exists():
-        shutil.copyfile(install_dir / "efivars.fd", staging / "efivars.fd")
+    copy_efivars(install_dir, staging)
     port = free_port()
-    vm_cfg = job.vm_config(STAGE, disk, ssh_forward=port)
-    password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
+    vm_cfg = ctx.vm_config(STAGE, disk, ssh_forward=port)
+    password = ctx.password
     with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(vm_cfg.serial_log, events, STAGE):
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
         try:
@@ -91,6 +67,9 @@ def _snapshot(job: Job, install_dir: Path, staging: Path, key: KeyPair) -> None:
             mon.close()
         if not vm.wait(30):
             raise VMError("QEMU did not exit after saving the machine state")
+    state_size = (staging / STATE).stat().st_size
+    events.log(STAGE, f"saved the booted guest ({state_size >> 20} MiB) in {time.monotonic() - started:.0f}s")
+    return {"ssh_wait_seconds": round(waited, 1), "state_bytes": state_size}
 
 
 def wait_resumed(vm: Machine, timeout: float = 120.0) -> float:

@@ -1,213 +1,220 @@
-"""A whole build: source -> install -> provision -> finalize, each stage keyed by its
-inputs and skipped when the store already has its output."""
+"""A whole build: the stages run by one loop, each skipped when the store holds its
+object, every object leased while the build uses it.
+
+Entry points (all take the `Store` the front end chose; none reads the environment):
+`content_keys` (keys only, never builds), `lookup` (a finished build or None),
+`build` (builds what is missing), `image_outputs` (what IaC front ends show).
+"""
 
 from __future__ import annotations
 
-import datetime
-import json
-import time
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pim
-from pim.engine.pipeline import keys as keymod
+from pim.engine.config.spec import Config, ImageSpec
+from pim.engine.errors import InputError
 from pim.engine.events import Emitter
-from pim.engine.pipeline.context import Job
-from pim.engine.paths import cache_dir
-from pim.engine.qemu import accel as accelmod
-from pim.engine.qemu import img
-from pim.engine.source.fetch import resolve_iso, sha256_file
-from pim.engine.config.spec import Config
+from pim.engine.pipeline import keys as keymod
+from pim.engine.pipeline.context import BuildContext, hostname_for
+from pim.engine.pipeline.stages import STAGES, Stage, StageOutput, StageSkipped
+from pim.engine.source.fetch import resolve_iso
+from pim.engine.store import manifest as manifests
+from pim.engine.store.manifest import Manifest, StageRef
 from pim.engine.store.objects import Store
 
 
 @dataclass(frozen=True)
 class BuildResult:
+    """A finished build: the final qcow2 at `path`, `size` in bytes, `cached` when
+    nothing had to be built."""
+
     image: str
     key: str
-    path: Path  # the final qcow2
+    path: Path
     manifest_path: Path
     sha256: str
     size: int
     cached: bool
 
-    def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text())
-
-
-def plan(cfg: Config, name: str, events: Emitter, cache: Path | None = None) -> tuple[Job, Store]:
-    """Everything up to the first QEMU start: verified source, keys, accelerator."""
-    spec = cfg.image(name)
-    cache = cache or cache_dir()
-    iso, iso_sha = resolve_iso(spec.source, cfg.base_dir, cache, events)
-    stage_keys = keymod.stage_keys(cfg, spec, iso_sha, cache)
-    job = Job(cfg, spec, name, iso, iso_sha, spec.accel.value, events, Path("/nonexistent"), stage_keys, cache)
-    return job, Store(cache)
+    def manifest(self) -> Manifest:
+        return manifests.read(self.manifest_path.parent)
 
 
 def image_outputs(manifest_path: Path) -> dict[str, Any]:
-    """What front ends show of a build (Pulumi outputs, Terraform attributes): all from its manifest."""
-    m = json.loads(manifest_path.read_text())
-    art, inputs, lineage = m["artifact"], m.get("inputs", {}), m.get("lineage", {})
+    """What front ends show of a build (Pulumi outputs, Terraform attributes), all
+    from its manifest: keys, path, sha256, sizes in bytes, format, arch, firmware."""
+    m = manifests.read(manifest_path.parent)
+    if m.artifact is None:
+        raise manifests.ManifestError(f"{manifest_path} is a {m.stage} stage, not a built image")
+    art = m.artifact
     return {
-        "content_key": m["key"],
-        "stage_keys": {stage: lineage[stage]["key"] for stage in ("install", "provision", "final") if stage in lineage},
-        "path": str(manifest_path.parent / art.get("file", "disk.qcow2")),
-        "sha256": art["sha256"],
-        "size": art["size"],
-        "virtual_size": art.get("virtual_size"),
-        "format": art.get("format", "qcow2"),
-        "compression": art.get("compression"),
-        "arch": inputs.get("arch", "x86_64"),
-        "firmware": inputs.get("firmware", "bios"),
+        "content_key": m.key,
+        "stage_keys": m.stage_keys(),
+        "path": str(manifest_path.parent / art.file),
+        "sha256": art.sha256,
+        "size": art.size,
+        "virtual_size": art.virtual_size,
+        "format": art.format,
+        "compression": art.compression,
+        "arch": m.arch,
+        "firmware": m.firmware,
         "manifest_path": str(manifest_path),
-        "created": m.get("created"),
+        "created": m.created,
     }
 
 
-def content_keys(cfg: Config, name: str, cache: Path | None = None) -> dict[str, str]:
-    """The stage keys of an image without building or downloading anything.
+def _iso_sha(cfg: Config, spec: ImageSpec, store: Store) -> str:
+    if spec.source.is_url:  # the checksum in the spec stands for the ISO: nothing is downloaded
+        assert spec.source.sha256 is not None
+        return spec.source.sha256
+    return resolve_iso(spec.source, cfg.base_dir, store.root, Emitter())[1]
+
+
+def content_keys(cfg: Config, name: str, store: Store) -> dict[str, str]:
+    """{"install", "provision", "final": key} of an image without building or downloading.
 
     For a URL source the checksum in the spec stands for the ISO; a local ISO is
     hashed (memoized by its identity). This is what IaC previews and diffs call.
+    Raises InputError (unknown image, unreadable file).
     """
     spec = cfg.image(name)
-    cache = cache or cache_dir()
-    if spec.source.is_url:
-        assert spec.source.sha256 is not None
-        iso_sha = spec.source.sha256
-    else:
-        iso_sha = resolve_iso(spec.source, cfg.base_dir, cache, Emitter())[1]
-    return keymod.stage_keys(cfg, spec, iso_sha, cache)
+    return keymod.stage_keys(cfg, spec, _iso_sha(cfg, spec, store), store.root, hostname_for(name)).as_dict()
 
 
-def lookup(cfg: Config, name: str, cache: Path | None = None) -> BuildResult | None:
+def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:
     """The finished build for the image's current inputs, or None: never builds."""
-    store = Store(cache or cache_dir())
-    key = content_keys(cfg, name, store.root)["final"]
+    key = content_keys(cfg, name, store)["final"]
     return _result(store, name, key, cached=True, record=False) if store.has(key) else None
 
 
-def build(cfg: Config, name: str, events: Emitter | None = None, *, force: bool = False,
-          cache: Path | None = None) -> BuildResult:
+def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store, force: bool = False,
+          builder: str = "local") -> BuildResult:
+    """Build image `name` of `cfg` into `store`, reusing every cached stage.
+
+    Events go to `events` (stage-begin/stage-end with `key` and `cached`, log,
+    progress, warning). `force` rebuilds every stage. Raises InputError for bad
+    input, BuildError (InstallerFailed, ProvisionError, VMError, CommandError) when a
+    stage fails; an interrupt (KeyboardInterrupt) unwinds the same way. Whatever
+    happens, no QEMU, runtime file or scratch folder is left, and no unfinished
+    object is published.
+    """
+    from pim.engine.qemu import accel as accelmod
+
     events = events or Emitter()
-    job, store = plan(cfg, name, events, cache)
-    final_key = job.keys["final"]
-    if not force and store.has(final_key):
-        events.emit("stage-end", "final", "cache hit", cached=True, key=final_key)
-        return _result(store, name, final_key, cached=True)
-    with store.lock(final_key):
-        if not force and store.has(final_key):  # built by a concurrent build while we waited
-            events.emit("stage-end", "final", "cache hit (built concurrently)", cached=True, key=final_key)
-            return _result(store, name, final_key, cached=True)
-        verdict = accelmod.choose(job.spec.arch.value, job.spec.accel.value)
-        job.accel = verdict.accel
+    spec = cfg.image(name)
+    iso, iso_sha = resolve_iso(spec.source, cfg.base_dir, store.root, events)
+    keys = keymod.stage_keys(cfg, spec, iso_sha, store.root, hostname_for(name))
+    if not force and store.has(keys.final):
+        events.emit("stage-end", "final", "cache hit", cached=True, key=keys.final)
+        return _result(store, name, keys.final, cached=True)
+    # No lock is held here: each stage takes its own key's lock in the loop and looks
+    # again once it has it, so a concurrent build of the same image waits there and
+    # then finds the stages published.
+    with contextlib.ExitStack() as held:
+        held.enter_context(store.lease(f"iso-{iso_sha}"))
+        verdict = accelmod.choose(spec.arch.value, spec.accel.value)
         events.log(None, f"accelerator: {verdict.accel} ({verdict.reason})")
-        with store.workdir(name) as work:
-            job.work = work
-            return _run_stages(job, store, force, verdict.accel)
+        work = held.enter_context(store.workdir(name))
+        ctx = BuildContext(cfg, spec, name, store, events, iso, iso_sha, keys, verdict.accel, work, builder)
+        outputs = run_stages(ctx, held, force)
+    return _result(store, name, keys.final, cached=outputs["final"].cached)
 
 
-def _run_stages(job: Job, store: Store, force: bool, accel: str) -> BuildResult:
-    from pim.engine.pipeline.boot import ensure_booted
-    from pim.engine.pipeline.install import run_install
-    from pim.engine.pipeline.provision import run_provision
-    from pim.engine.guest.ssh import KeyPair
+def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tuple[Stage, str, bool]]:
+    """(stage, key, cached) for the stages this build needs: from the last cached
+    stage on. Cached objects are leased here, with everything they are built on,
+    before anything is decided about them."""
+    store, plan = ctx.store, []
+    for stage in reversed(STAGES):
+        key = stage.key(ctx)
+        if key is None:
+            continue
+        if force and store.has(key):
+            store.remove(key)
+        held.enter_context(store.lease(key))
+        cached = not force and _usable(store, key, held)
+        plan.insert(0, (stage, key, cached))
+        if cached:
+            break
+    return plan
 
-    events, spec = job.events, job.spec
-    timings: dict[str, Any] = {}
 
-    install_key = job.keys["install"]
-    with store.lock(install_key):
-        cached = store.has(install_key) and not force
-        events.emit("stage-begin", "install", key=install_key, cached=cached)
-        if not cached:
-            staging = job.work / "install-out"
-            staging.mkdir()
-            key = KeyPair.generate(comment=f"pim-build-{install_key[:12]}")
-            facts = run_install(job, staging / "disk.qcow2", key)
-            _write_private(staging / "build_key", key.private_openssh)
-            (staging / "build_key.pub").write_text(key.public_openssh + "\n")
-            (staging / "stage.json").write_text(
-                json.dumps({"stage": "install", "image": job.name, "key": install_key, **facts})
-            )
-            store.publish(staging, install_key)
-            timings["install"] = facts
-        else:
-            timings["install"] = {"cached": True}
-        events.emit("stage-end", "install", key=install_key, cached=cached)
-    install_dir = store.object(install_key)
-    key = KeyPair((install_dir / "build_key").read_text(), (install_dir / "build_key.pub").read_text().strip())
-    t0 = time.monotonic()
-    booted = ensure_booted(job, store, install_dir, key) if job.spec.snapshot else None
-    timings["boot"] = {"seconds": round(time.monotonic() - t0, 1), "snapshot": booted is not None}
+def _usable(store: Store, key: str, held: contextlib.ExitStack) -> bool:
+    """True when object `key` and every object it uses are published; leases them all."""
+    if not store.has(key):
+        return False
+    try:
+        used = store.manifest(key).uses.values()
+    except manifests.ManifestError:
+        return False
+    for dep in used:
+        held.enter_context(store.lease(dep))
+        if not _usable(store, dep, held):
+            return False
+    return True
 
-    events.emit("stage-begin", "provision", key=job.keys["provision"])
-    overlay = job.work / "provision.qcow2"
-    timings["provision"] = run_provision(job, booted or install_dir, overlay, key)
-    events.emit("stage-end", "provision", key=job.keys["provision"])
 
-    events.emit("stage-begin", "final", key=job.keys["final"])
-    t0 = time.monotonic()
-    staging = job.work / "final-out"
+def run_stages(ctx: BuildContext, held: contextlib.ExitStack, force: bool = False) -> dict[str, StageOutput]:
+    """The build loop: run (or reuse) each planned stage in order and publish its object.
+
+    Returns the published outputs by stage name. Leases taken on the way stay in
+    `held` until the caller's ExitStack closes.
+    """
+    store, events = ctx.store, ctx.events
+    outputs: dict[str, StageOutput] = {}
+    lineage: dict[str, StageRef] = {}
+    for stage, key, cached in _plan(ctx, held, force):
+        with store.lock(key):
+            cached = cached or (not force and _usable(store, key, held))  # a concurrent build made it meanwhile
+            events.emit("stage-begin", stage.name, key=key, cached=cached)
+            if not cached:
+                try:
+                    _run_one(ctx, stage, key, outputs, lineage)
+                except StageSkipped as e:
+                    if not stage.optional:
+                        raise
+                    events.warning(stage.name, str(e))
+                    events.emit("stage-end", stage.name, "skipped", key=key, cached=False)
+                    continue
+            m = store.manifest(key)
+            outputs[stage.name] = StageOutput(stage.name, key, store.object(key), m, cached)
+            if stage.in_lineage:
+                lineage[stage.name] = StageRef(key=key, allocated=m.facts.get("allocated"))
+            events.emit("stage-end", stage.name, key=key, cached=cached)
+    return outputs
+
+
+def _run_one(ctx: BuildContext, stage: Stage, key: str, inputs: dict[str, StageOutput],
+             lineage: dict[str, StageRef]) -> None:
+    staging = ctx.work / f"{stage.name}-out"
     staging.mkdir()
-    compression = img.resolve_compression(spec.output.compression.value)
-    events.log("final", f"flattening and compressing ({compression})")
-    img.convert(overlay, staging / "disk.qcow2", compression)
-    digest = sha256_file(staging / "disk.qcow2")
-    timings["final"] = {"seconds": round(time.monotonic() - t0, 1), "compression": compression}
-    manifest = _manifest(job, store, staging / "disk.qcow2", digest, overlay, timings, accel)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    store.publish(staging, job.keys["final"])
-    events.emit("stage-end", "final", key=job.keys["final"])
-    return _result(store, job.name, job.keys["final"], cached=False)
-
-
-def _manifest(job: Job, store: Store, disk: Path, digest: str, overlay: Path, timings: dict[str, Any],
-              accel: str) -> dict[str, Any]:
-    info = img.info(disk)
-    install_disk = store.object(job.keys["install"]) / "disk.qcow2"
-    return {
-        "pim_version": pim.__version__,
-        "image": job.name,
-        "key": job.keys["final"],
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "artifact": {
-            "file": "disk.qcow2",
-            "format": "qcow2",
-            "sha256": digest,
-            "size": disk.stat().st_size,
-            "virtual_size": info["virtual-size"],
-            "compression": timings["final"]["compression"],
-        },
-        "source": {"iso": job.spec.source.iso, "sha256": job.iso_sha256},
-        "lineage": {
-            "iso": job.iso_sha256,
-            "install": {"key": job.keys["install"], "allocated": install_disk.stat().st_blocks * 512},
-            "provision": {"key": job.keys["provision"], "allocated": overlay.stat().st_blocks * 512},
-            "final": {"key": job.keys["final"]},
-        },
-        "stages": timings,
-        # The spec as given, secrets masked by pydantic's SecretStr.
-        "inputs": job.spec.model_dump(mode="json"),
-        "tools": {"qemu-img": img.version(), "accel": accel},
-    }
+    result = stage.run(ctx, staging, inputs)
+    for earlier in inputs.values():  # a cached first stage still names its own lineage
+        lineage.update({s: r for s, r in earlier.manifest.lineage.items() if s not in lineage})
+    own = {**lineage, stage.name: StageRef(key=key, allocated=result.facts.get("allocated"))} \
+        if stage.in_lineage else dict(lineage)
+    stages: dict[str, dict[str, Any]] = {}
+    for name, out in inputs.items():  # a cached stage brings the facts of the build that made it
+        if out.cached:
+            stages.update({s: {**f, "cached": True} for s, f in out.manifest.stages.items() if s not in stages})
+        stages[name] = {**out.manifest.facts, "cached": out.cached}
+    facts = ctx.events.redact_json(result.facts)
+    ctx.store.publish(staging, Manifest(
+        stage=stage.name, image=ctx.name, key=key, created=manifests.now(), iso=ctx.iso_sha256,
+        uses=result.uses, lineage=own, facts=facts, stages={**stages, stage.name: facts}, artifact=result.artifact,
+        **result.extra,
+    ))
 
 
 def _result(store: Store, name: str, key: str, cached: bool, record: bool = True) -> BuildResult:
     obj = store.object(key)
-    manifest = json.loads((obj / "manifest.json").read_text())
+    m = store.manifest(key)
+    if m.artifact is None:
+        raise InputError(f"{key[:12]} is a {m.stage} stage, not a built image")
     if record:  # a build (or cache hit) is a use: newest build of the image, last used now
         (obj / "done").touch()
-        store.set_ref(name, key, {"path": str(obj / "disk.qcow2")})
-    return BuildResult(name, key, obj / "disk.qcow2", obj / "manifest.json",
-                       manifest["artifact"]["sha256"], manifest["artifact"]["size"], cached)
-
-
-def _write_private(path: Path, text: str) -> None:
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+        store.set_ref(name, key, {"path": str(obj / m.artifact.file)})
+    return BuildResult(name, key, obj / m.artifact.file, obj / manifests.FILE, m.artifact.sha256,
+                       m.artifact.size, cached)

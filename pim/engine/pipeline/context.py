@@ -1,4 +1,11 @@
-"""What every stage of one build shares."""
+"""What every stage of one build is given: the build context.
+
+Everything a stage needs travels here explicitly, never through the environment:
+the store (and so the cache location, decided by the front end), the event
+emitter with its secrets registry, the verified ISO, the stage keys, the
+accelerator verdict, the build's private work directory and where it runs.
+A context exists only once all of these are known: there is no half-built one.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +15,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pim.engine.events import Emitter
-from pim.engine.qemu.argv import RuntimeFiles, VmConfig
 from pim.engine.config.spec import Config, ImageSpec
+from pim.engine.events import Emitter
+from pim.engine.pipeline.keys import StageKeys
+from pim.engine.qemu.argv import RuntimeFiles, VmConfig
+from pim.engine.store.objects import Store
 
 if TYPE_CHECKING:
     from pim.engine.services.pkgcache import PackageCache
 
 
-@dataclass
-class Job:
+@dataclass(frozen=True)
+class BuildContext:
+    """One build of image `name`.
+
+    `accel` is the accelerator verdict ("kvm", "hvf", "tcg"); `work` a scratch
+    folder owned by this build and removed when it ends; `builder` names where the
+    build runs ("local" for this host).
+    """
+
     cfg: Config
     spec: ImageSpec
     name: str
+    store: Store
+    events: Emitter
     iso: Path
     iso_sha256: str
+    keys: StageKeys
     accel: str
-    events: Emitter
     work: Path
-    keys: dict[str, str]
-    cache: Path  # the store's root; the package cache lives under it
+    builder: str = "local"
 
     def package_cache(self) -> "PackageCache":
+        """The package cache proxy guests download through (kept in the store)."""
         from pim.engine.services.pkgcache import PackageCache
 
-        return PackageCache(self.cache / "packages", self.events)
+        return PackageCache(self.store.root / "packages", self.events)
 
     def vm_config(self, stage: str, disk: Path, **overrides: Any) -> VmConfig:
         """The VM for one stage. UEFI builds keep their variables store in
@@ -52,6 +70,11 @@ class Job:
             memory_mib=self.spec.memory >> 20,
             **overrides,
         )
+
+    @property
+    def password(self) -> str | None:
+        """The SSH password of the build user, if the spec sets one (a secret)."""
+        return self.spec.ssh.password.get_secret_value() if self.spec.ssh.password else None
 
     @property
     def hostname(self) -> str:

@@ -17,7 +17,7 @@ from pim.engine.errors import InstallerFailed
 from pim.engine.installers import families, render
 from pim.engine.installers.prepare import answer_name, installer_variables, prepare
 from pim.engine.services.syslog import SyslogReceiver
-from pim.engine.pipeline.context import Job
+from pim.engine.pipeline.context import BuildContext
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import Family
@@ -26,9 +26,9 @@ from pim.engine.guest.ssh import KeyPair
 STAGE = "install"
 
 
-def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
+def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object]:
     """Install onto a new disk; returns facts for the manifest."""
-    spec, inst, events = job.spec, job.spec.installer, job.events
+    spec, inst, events = ctx.spec, ctx.spec.installer, ctx.events
     img.create(disk, spec.disk_size)
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
     events.add_secret(password)
@@ -39,33 +39,33 @@ def run_install(job: Job, disk: Path, key: KeyPair) -> dict[str, object]:
         failures=(*BASE_FAILURES, *inst.failure_patterns))
 
     with AnswerServer({}, events, STAGE) as server, SyslogReceiver(events, STAGE, log_patterns) as syslog, \
-            job.package_cache() as proxy:
+            ctx.package_cache() as proxy:
         events.add_secret(server.token)  # the answer URL reaches the console and the log stream
         log_host, log_port = syslog.guest_address
         variables: dict[str, object] = {
             **installer_variables(spec),
             "proxy_url": proxy.url(),
-            "image": job.name,
-            "hostname": job.hostname,
+            "image": ctx.name,
+            "hostname": ctx.hostname,
             "ssh_public_key": key.public_openssh,
             "http_url": server.url(),
             "answer_url": server.url(name),
             "log_host": log_host,
             "log_port": log_port,
         }
-        prepared = prepare(job.cfg, spec, job.iso, variables)
+        prepared = prepare(ctx.cfg, spec, ctx.iso, variables)
         events.add_secret(prepared.variables.get("ssh_password_hash"))
         for served, content in prepared.files.items():
             server.add(served, content)
         boot = prepared.boot
         kernel = initrd = append = None
         if boot.kernel and boot.initrd:
-            kernel, initrd = job.work / "kernel", job.work / "initrd"
-            isofs.extract(job.iso, {boot.kernel: kernel, boot.initrd: initrd})
+            kernel, initrd = ctx.work / "kernel", ctx.work / "initrd"
+            isofs.extract(ctx.iso, {boot.kernel: kernel, boot.initrd: initrd})
             append = render(boot.params, prepared.variables, "installer.boot.params")
             if family and family.log_params and inst.boot is None:  # detected boot: ask for the log stream
                 append += " " + render(family.log_params, prepared.variables, f"{family.name} log parameters")
-        vm_cfg = job.vm_config(STAGE, disk, cdrom=job.iso, kernel=kernel, initrd=initrd, append=append, no_reboot=True)
+        vm_cfg = ctx.vm_config(STAGE, disk, cdrom=ctx.iso, kernel=kernel, initrd=initrd, append=append, no_reboot=True)
 
         started = time.monotonic()
         with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(

@@ -1,10 +1,21 @@
 """Content keys of the build stages: sha256 over sorted JSON of every input.
 
-install   -> ISO, answer template + vars + served files, boot, disk, firmware, arch, SSH user
-provision -> install key + every step (script and upload contents, env) + finalize options
-final     -> provision key + output options
-Each stage also hashes its own code version, bumped whenever the stage's code
-changes what it writes. A key that cannot be computed raises; it is never "".
+The one place where stage keys are computed:
+
+install   ISO sha256, arch, firmware, disk size, family and its built-in templates
+          and boot parameters, answer template + vars + served files, the spec's
+          boot, the build VM's host name, SSH user and (keyed hash of the) password
+boot      install key + the machine the saved state restores into (arch, firmware,
+          CPUs, memory, accelerator, QEMU version); it never changes the image's
+          bytes, so no later key depends on it
+provision install key + env + every step (script and upload contents, env, order)
+          + finalize options + the text PIM writes into the guest (`guestfiles`)
+final     provision key + output options
+
+Everything that can change an image's bytes is hashed as content. Each stage also
+hashes a version in STAGE_VERSIONS, bumped only for a change of behaviour that is
+not content (how a stage drives the guest). A key that cannot be computed raises
+(a missing script: InputError); it is never "".
 """
 
 from __future__ import annotations
@@ -13,32 +24,45 @@ import hashlib
 import hmac
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pim.engine.config.spec import Config, FileStep, ImageSpec, ShellStep
+from pim.engine.errors import InputError
+from pim.engine.pipeline import guestfiles
 
-STAGE_VERSIONS = {"install": 1, "boot": 1, "provision": 1, "final": 1}
+STAGE_VERSIONS = {"install": 1, "boot": 1, "provision": 2, "final": 2}
 
 
 def digest(obj: Any) -> str:
+    """sha256 hex of `obj` as sorted, compact JSON (UTF-8)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
+def text_digest(text: str) -> str:
+    """sha256 hex of a text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def file_digest(path: Path) -> str:
+    """sha256 hex of a file's bytes; InputError naming the file when it cannot be read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror}); fix the path in the config") from None
     return h.hexdigest()
 
 
 def secret_digest(secret: str, cache: Path) -> str:
     """Keyed hash of a secret, so keys change with it but never reveal it.
 
-    The salt is per cache (0600), so a key published elsewhere cannot be used
-    to guess a weak password offline.
+    The salt is per store (`secret-salt`, 0600), so a key published elsewhere cannot
+    be used to guess a weak password offline.
     """
     salt_file = cache / "secret-salt"
     if not salt_file.exists():
@@ -55,7 +79,26 @@ def secret_digest(secret: str, cache: Path) -> str:
     return hmac.new(salt_file.read_bytes(), secret.encode(), hashlib.sha256).hexdigest()
 
 
-def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path) -> dict[str, Any]:
+def family_digests(family: str) -> dict[str, Any]:
+    """A family's built-in content: its templates (inputs unless a user template
+    replaces them) and the boot and log parameters used for a detected boot."""
+    if family == "custom":
+        return {}
+    from pim.engine.installers.families import builtin_template, get
+
+    fam = get(family)
+    return {
+        "templates": {name: text_digest(builtin_template(family, name)) for name in fam.templates},
+        "boot_params": fam.boot_params,
+        "log_params": fam.log_params,
+    }
+
+
+def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, hostname: str) -> dict[str, Any]:
+    """What the install stage's key hashes (JSON-able; the password only as a keyed hash).
+
+    `hostname` is the build VM's host name, which the installer writes into the guest.
+    """
     inst = spec.installer
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
     return {
@@ -67,24 +110,32 @@ def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path) -
         "disk_size": spec.disk_size,
         "family": inst.family.value,
         "template": file_digest(cfg.path(inst.template)) if inst.template else None,
-        "builtin": builtin_digests(inst.family.value),
+        "builtin": family_digests(inst.family.value),
         "answer_name": inst.answer_name,
         "vars": inst.vars,
         "settings": {k: getattr(inst, k) for k in ("mirror", "locale", "timezone", "keyboard")},
         "files": {name: file_digest(cfg.path(p)) for name, p in inst.files.items()},
         "boot": inst.boot.model_dump(mode="json") if inst.boot else None,
+        "hostname": hostname,
         "ssh_user": spec.ssh.user,
         "ssh_password": secret_digest(password, cache) if password else None,
     }
 
 
-def builtin_digests(family: str) -> dict[str, str]:
-    """Digests of a family's built-in templates (they are inputs when no user template replaces them)."""
-    if family == "custom":
-        return {}
-    from pim.engine.installers.families import builtin_template, get
-
-    return {name: hashlib.sha256(builtin_template(family, name).encode()).hexdigest() for name in get(family).templates}
+def boot_inputs(spec: ImageSpec, install_key: str, accel: str, qemu_version: str) -> dict[str, Any]:
+    """The booted-guest snapshot: a saved machine state only restores into the same
+    machine (memory, CPUs, accelerator, QEMU build), so all of those are inputs."""
+    return {
+        "stage": "boot",
+        "version": STAGE_VERSIONS["boot"],
+        "install": install_key,
+        "arch": spec.arch.value,
+        "firmware": spec.firmware.value,
+        "cpus": spec.cpus,
+        "memory": spec.memory,
+        "accel": accel,
+        "qemu": qemu_version,
+    }
 
 
 def _step_inputs(cfg: Config, step: ShellStep | FileStep) -> dict[str, Any]:
@@ -104,7 +155,13 @@ def _step_inputs(cfg: Config, step: ShellStep | FileStep) -> dict[str, Any]:
     }
 
 
+def guest_files() -> dict[str, str]:
+    """Digests of the text PIM writes into every build guest."""
+    return {"generalize": text_digest(guestfiles.GENERALIZE), "step_prelude": text_digest(guestfiles.STEP_PRELUDE)}
+
+
 def provision_inputs(cfg: Config, spec: ImageSpec, install_key: str) -> dict[str, Any]:
+    """What the provision stage's key hashes."""
     return {
         "stage": "provision",
         "version": STAGE_VERSIONS["provision"],
@@ -112,27 +169,12 @@ def provision_inputs(cfg: Config, spec: ImageSpec, install_key: str) -> dict[str
         "env": spec.env,
         "steps": [_step_inputs(cfg, s) for s in spec.provision],
         "finalize": spec.finalize.model_dump(mode="json"),
-    }
-
-
-def boot_inputs(spec: ImageSpec, install_key: str, accel: str, qemu_version: str) -> dict[str, Any]:
-    """The booted-guest snapshot: a saved machine state only restores into the same
-    machine (memory, CPUs, accelerator, QEMU build), so all of those are inputs. It
-    does not change the image's bytes, so no later key depends on it."""
-    return {
-        "stage": "boot",
-        "version": STAGE_VERSIONS["boot"],
-        "install": install_key,
-        "arch": spec.arch.value,
-        "firmware": spec.firmware.value,
-        "cpus": spec.cpus,
-        "memory": spec.memory,
-        "accel": accel,
-        "qemu": qemu_version,
+        "guest_files": guest_files(),
     }
 
 
 def final_inputs(spec: ImageSpec, provision_key: str) -> dict[str, Any]:
+    """What the final stage's key hashes."""
     return {
         "stage": "final",
         "version": STAGE_VERSIONS["final"],
@@ -141,8 +183,31 @@ def final_inputs(spec: ImageSpec, provision_key: str) -> dict[str, Any]:
     }
 
 
-def stage_keys(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path) -> dict[str, str]:
-    install = digest(install_inputs(cfg, spec, iso_sha256, cache))
+@dataclass(frozen=True)
+class StageKeys:
+    """The keys of one build's image stages (64-character sha256 hex each)."""
+
+    install: str
+    provision: str
+    final: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"install": self.install, "provision": self.provision, "final": self.final}
+
+
+def stage_keys(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, hostname: str) -> StageKeys:
+    """The install, provision and final keys of `spec` built from an ISO with `iso_sha256`.
+
+    `cache` is the store root (it holds the salt for the password's keyed hash);
+    `hostname` the build VM's host name (`context.hostname_for(image)`).
+    Raises InputError when a file the keys hash cannot be read.
+    """
+    install = digest(install_inputs(cfg, spec, iso_sha256, cache, hostname))
     provision = digest(provision_inputs(cfg, spec, install))
     final = digest(final_inputs(spec, provision))
-    return {"install": install, "provision": provision, "final": final}
+    return StageKeys(install, provision, final)
+
+
+def boot_key(spec: ImageSpec, install_key: str, accel: str, qemu_version: str) -> str:
+    """The boot snapshot's key (needs the accelerator verdict and QEMU's version)."""
+    return digest(boot_inputs(spec, install_key, accel, qemu_version))

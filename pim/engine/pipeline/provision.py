@@ -3,75 +3,43 @@ over SSH, then generalize the guest (cloud-init, machine-id, host keys, build ke
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from pim.engine.guest.console import ConsoleWatcher
 from pim.engine.pipeline.boot import resume_uri, wait_resumed
 from pim.engine.errors import ProvisionError, VMError
-from pim.engine.pipeline.context import Job, free_port
+from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import FileStep, ShellStep
 from pim.engine.guest.ssh import KeyPair, Session, script_command
+from pim.engine.pipeline.guestfiles import GENERALIZE, STEP_PRELUDE
+from pim.engine.pipeline.stages import copy_efivars
 
 STAGE = "provision"
 
-# Runs last, as root, over the build key's SSH session. Leaves a generic image:
-# identity comes from cloud-init at deploy time.
-GENERALIZE = r"""#!/bin/sh
-set -eu
-say() { echo "pim: $*"; }
-if [ "$PIM_CLOUD_INIT" = 1 ]; then
-  if ! command -v cloud-init >/dev/null 2>&1; then
-    say "installing cloud-init"
-    if command -v apt-get >/dev/null 2>&1; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q cloud-init
-    elif command -v dnf >/dev/null 2>&1; then dnf install -y cloud-init
-    elif command -v yum >/dev/null 2>&1; then yum install -y cloud-init
-    elif command -v zypper >/dev/null 2>&1; then zypper -n install cloud-init
-    else say "cannot install cloud-init: no apt-get, dnf, yum or zypper"; exit 3
-    fi
-  fi
-  # What `cloud-init clean --logs --seed` does, without starting cloud-init's
-  # Python (15 s under emulation): forget every instance, seed and log.
-  say "cleaning cloud-init state"
-  rm -rf /var/lib/cloud/* /var/log/cloud-init.log /var/log/cloud-init-output.log
-fi
-if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi
-say "emptying machine-id"
-: > /etc/machine-id
-if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then rm -f /var/lib/dbus/machine-id; fi
-say "removing SSH host keys"
-rm -f /etc/ssh/ssh_host_*
-say "removing the build key"
-for f in /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys; do
-  if [ -f "$f" ]; then sed -i "/ $PIM_KEY_COMMENT\$/d" "$f"; fi
-done
-if command -v journalctl >/dev/null 2>&1; then journalctl --rotate >/dev/null 2>&1 || true; journalctl --vacuum-time=1s >/dev/null 2>&1 || true; fi
-rm -f /root/.bash_history
-if [ "$PIM_TRIM" = 1 ]; then
-  say "trimming free space"
-  fstrim -av || say "fstrim is not supported here; the image stays larger"
-fi
-sync
-"""
 
 
-def run_provision(job: Job, base: Path, disk: Path, key: KeyPair) -> dict[str, object]:
-    """Provision on an overlay of base/disk.qcow2; resume base's saved state if it has one."""
-    spec, events = job.spec, job.events
+def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> dict[str, object]:
+    """Provision on `disk`, a new qcow2 overlay of `base`/disk.qcow2 (`base` is the
+    boot snapshot's or the install stage's object folder), resuming base's saved
+    machine state when it has one; then generalize and shut the guest down.
+
+    Returns facts for the manifest (seconds, per-step seconds, how QEMU stopped).
+    Raises ProvisionError for a failed step (name, exit status, output tail) and
+    VMError when the guest cannot be started or resumed.
+    """
+    spec, events = ctx.spec, ctx.events
     img.create(disk, spec.disk_size, backing=base / "disk.qcow2")
-    if (base / "efivars.fd").exists():
-        shutil.copyfile(base / "efivars.fd", disk.parent / "efivars.fd")
+    copy_efivars(base, disk.parent)
     port = free_port()
     incoming = resume_uri(base)
-    vm_cfg = job.vm_config(STAGE, disk, ssh_forward=port, incoming=incoming)
-    password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
+    vm_cfg = ctx.vm_config(STAGE, disk, ssh_forward=port, incoming=incoming)
+    password = ctx.password
     facts: dict[str, object] = {}
     started = time.monotonic()
-    with job.package_cache() as proxy, Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
+    with ctx.package_cache() as proxy, Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
         vm_cfg.serial_log, events, STAGE
     ):
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
@@ -86,7 +54,7 @@ def run_provision(job: Job, base: Path, disk: Path, key: KeyPair) -> dict[str, o
             steps = []
             for index, step in enumerate(spec.provision, 1):
                 t0 = time.monotonic()
-                _run_step(job, session, index, step, {"PIM_PROXY_URL": proxy.url()}, alive=lambda: vm.running)
+                _run_step(ctx, session, index, step, {"PIM_PROXY_URL": proxy.url()}, alive=lambda: vm.running)
                 steps.append({"step": step.label, "seconds": round(time.monotonic() - t0, 1)})
             facts["steps"] = steps
             comment = key.public_openssh.rsplit(" ", 1)[-1]
@@ -112,21 +80,21 @@ def _sync_clock(vm: Machine) -> None:
         vm.events.warning(STAGE, f"could not set the resumed guest's clock: {e}")
 
 
-def _run_step(job: Job, session: Session, index: int, step: ShellStep | FileStep,  # type: ignore[no-untyped-def]
+def _run_step(ctx: BuildContext, session: Session, index: int, step: ShellStep | FileStep,  # type: ignore[no-untyped-def]
               base_env: dict[str, str], alive) -> None:
-    events = job.events
+    events = ctx.events
     label = f"{index}:{step.label}"
     if isinstance(step, FileStep):
         events.log(STAGE, f"step {label}")
-        session.upload(job.cfg.path(step.source).read_bytes(), step.destination, int(step.mode, 8))
+        session.upload(ctx.cfg.path(step.source).read_bytes(), step.destination, int(step.mode, 8))
         return
-    body = step.inline if step.inline is not None else job.cfg.path(step.script).read_text()  # type: ignore[arg-type]
+    body = step.inline if step.inline is not None else ctx.cfg.path(step.script).read_text()  # type: ignore[arg-type]
     if not body.startswith("#!"):
-        body = "#!/bin/sh\nset -e\n" + body
+        body = STEP_PRELUDE + body
     path = f"/tmp/pim-step-{index}"
     events.log(STAGE, f"step {label}")
     session.upload(body.encode(), path, 0o700)
-    status, tail = session.run(label, script_command(path, {**base_env, **job.spec.env, **step.env}), check=False)
+    status, tail = session.run(label, script_command(path, {**base_env, **ctx.spec.env, **step.env}), check=False)
     if step.expect_disconnect:
         # The step reboots the guest: whatever its exit status, reconnect once the
         # guest is back, so the next step never runs on a guest going down.
@@ -135,7 +103,7 @@ def _run_step(job: Job, session: Session, index: int, step: ShellStep | FileStep
         session.close()
         events.log(STAGE, f"step {label} done; waiting for the guest to come back")
         time.sleep(10.0)
-        session.wait(job.spec.ssh.timeout, alive)
+        session.wait(ctx.spec.ssh.timeout, alive)
         return
     if status == -1 or not session.connected:
         raise ProvisionError(

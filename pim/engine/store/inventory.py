@@ -1,28 +1,35 @@
-"""What the store holds: listing, removal and garbage collection of built images."""
+"""What the store holds: listing, removal and garbage collection of built images.
+
+An object is kept by `gc` when the newest build of some image (its ref) uses it,
+directly or through the chain of `uses` in the manifests (final -> provision ->
+boot snapshot -> install), and a boot snapshot is kept with the install stage it
+was made from, so the next script change resumes it. Objects leased by a running
+build are never removed: they are skipped and reported.
+"""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pim.engine.errors import InputError
-from pim.engine.store.objects import Store
+from pim.engine.store.manifest import Manifest, ManifestError
+from pim.engine.store.objects import InUse, Store
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One published object: `size` in bytes on disk, `last_used` a Unix time."""
+
     key: str
-    kind: str  # final | install
+    kind: str  # install | boot | provision | final | unknown
     image: str | None
-    path: Path
-    size: int  # bytes on disk
+    path: Path  # the object's disk.qcow2
+    size: int
     created: str | None
     last_used: float
-    referenced: bool  # the newest build of its image (or a stage it uses)
+    referenced: bool  # kept by gc: the newest build of its image uses it
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "kind": self.kind, "image": self.image, "path": str(self.path), "size": self.size,
@@ -33,54 +40,58 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
-def _refs(store: Store) -> dict[str, str]:
-    out = {}
-    for ref in (store.root / "refs").glob("*.json"):
-        data = store.get_ref(ref.stem)
-        if data and "key" in data:
-            out[ref.stem] = data["key"]
+def _manifests(store: Store) -> dict[str, Manifest | None]:
+    out: dict[str, Manifest | None] = {}
+    for obj in (store.root / "objects").iterdir():
+        if (obj / "done").exists():
+            try:
+                out[obj.name] = store.manifest(obj.name)
+            except ManifestError:
+                out[obj.name] = None  # listed as unknown, never kept
     return out
 
 
-def entries(store: Store) -> list[Entry]:
-    refs = _refs(store)
-    keep: set[str] = set(refs.values())
-    manifests: dict[str, dict[str, Any]] = {}
-    for obj in (store.root / "objects").iterdir():
-        if (obj / "manifest.json").exists():
-            manifests[obj.name] = json.loads((obj / "manifest.json").read_text())
-    for key in list(keep):
-        if key in manifests:
-            keep.add(manifests[key]["lineage"]["install"]["key"])
-    stages: dict[str, dict[str, Any]] = {}
-    for obj in (store.root / "objects").iterdir():
-        if obj.name not in manifests and (obj / "stage.json").exists():
-            stages[obj.name] = json.loads((obj / "stage.json").read_text())
-    # a boot snapshot is kept with the install stage it was made from
-    keep |= {key for key, st in stages.items() if st.get("stage") == "boot" and st.get("install") in keep}
-    out = []
-    for obj in sorted((store.root / "objects").iterdir()):
-        if not (obj / "done").exists():
+def _kept(store: Store, manifests: dict[str, Manifest | None]) -> set[str]:
+    todo, keep = list(store.refs().values()), set()
+    while todo:
+        key = todo.pop()
+        if key in keep or key not in manifests:
             continue
-        m = manifests.get(obj.name)
-        stage = stages.get(obj.name, {})
+        keep.add(key)
+        m = manifests[key]
+        if m is not None:
+            todo.extend(m.uses.values())
+            todo.extend(ref.key for stage, ref in m.lineage.items() if stage == "install")
+    keep |= {k for k, m in manifests.items() if m and m.stage == "boot" and m.uses.get("install") in keep}
+    return keep
+
+
+def entries(store: Store) -> list[Entry]:
+    """Every published object, sorted by key."""
+    manifests = _manifests(store)
+    keep = _kept(store, manifests)
+    out = []
+    for key in sorted(manifests):
+        obj, m = store.object(key), manifests[key]
         out.append(Entry(
-            key=obj.name,
-            kind="final" if m else stage.get("stage", "unknown"),
-            image=m["image"] if m else stage.get("image"),
+            key=key,
+            kind=m.stage if m else "unknown",
+            image=m.image if m else None,
             path=obj / "disk.qcow2",
             size=_du(obj),
-            created=m["created"] if m else None,
+            created=m.created if m else None,
             last_used=(obj / "done").stat().st_mtime,
-            referenced=obj.name in keep,
+            referenced=key in keep,
         ))
     return out
 
 
 def find(store: Store, ref: str) -> Entry:
-    """An entry by image name (its newest build) or by key prefix."""
-    refs = _refs(store)
-    key = refs.get(ref)
+    """An entry by image name (its newest build) or by key prefix (6+ characters).
+
+    Raises InputError when nothing or more than one object matches.
+    """
+    key = store.refs().get(ref)
     matches = [e for e in entries(store) if e.key == key or (key is None and len(ref) >= 6 and e.key.startswith(ref))]
     if len(matches) != 1:
         what = "no image or key" if not matches else "more than one key"
@@ -89,24 +100,24 @@ def find(store: Store, ref: str) -> Entry:
 
 
 def remove(store: Store, entry: Entry) -> None:
-    with open(store.root / "locks" / entry.key, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{entry.key[:12]} is in use by a running build; try again when it ends") from None
-        shutil.rmtree(entry.path.parent)
-    for image, key in _refs(store).items():
-        if key == entry.key:
-            (store.root / "refs" / f"{image}.json").unlink(missing_ok=True)
+    """Remove one object; raises objects.InUse while a running build leases it."""
+    store.remove(entry.key)
 
 
-def gc(store: Store, dry_run: bool = False) -> list[Entry]:
-    """Remove every object that no image's newest build references."""
+def gc(store: Store, dry_run: bool = False) -> tuple[list[Entry], list[Entry]]:
+    """Remove every object that no image's newest build uses.
+
+    Returns (removed, in_use): objects leased by a running build are skipped and
+    listed in `in_use`. With dry_run nothing is removed and `in_use` is empty.
+    """
     doomed = [e for e in entries(store) if not e.referenced]
-    if not dry_run:
-        for e in doomed:
-            try:
-                remove(store, e)
-            except InputError:
-                pass  # in use: left for the next gc
-    return doomed
+    if dry_run:
+        return doomed, []
+    removed, in_use = [], []
+    for e in doomed:
+        try:
+            store.remove(e.key)
+            removed.append(e)
+        except InUse:
+            in_use.append(e)
+    return removed, in_use

@@ -51,6 +51,9 @@ def upload_import(pve: Pve, image: BuiltImage, events: Emitter) -> tuple[str, bo
             events.progress("upload", done, image.size, "bytes")
             last[0] = time.monotonic()
 
+    # Not a poll but a retry with a side effect, so not wait.until: proxmoxer and requests
+    # never resend a streamed body, a dropped upload starts over from the first byte,
+    # and the copy PVE may have finished meanwhile is looked for before each new try.
     for attempt in range(1, target.upload_retries + 1):
         try:
             with _ProgressFile(image.path, report) as f:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from pim.engine.services.pkgcache import PackageCache, is_immutable
-
-
-def _apt_uris(*packages: str) -> list[tuple[str, str]]:
-    """(url, sha256) of packages from the host's apt configuration, read at run time."""
-    if not shutil.which("apt-get"):
-        pytest.skip("apt-get is not available: these tests need a Debian host's apt sources")
-    out = subprocess.run(["apt-get", "download", "--print-uris", *packages], capture_output=True, text=True)
-    uris = []
-    for line in out.stdout.splitlines():
-        url, _name, _size, digest = line.split()
-        if digest.startswith("SHA256:"):
-            uris.append((url.strip("'"), digest.split(":", 1)[1]))
-    if not uris:
-        pytest.skip(f"apt knows no download URL for {packages}: run `apt-get update` on this host first")
-    return uris
+from tests.helpers import apt_package_uris
 
 
 def _get(proxy: str, url: str) -> bytes:
@@ -42,7 +26,7 @@ def test_classification() -> None:
 
 
 def test_second_fetch_is_served_from_cache_byte_identical(tmp_path: Path) -> None:
-    (url, sha), = _apt_uris("hello")
+    (url, sha), = apt_package_uris("hello")
     with PackageCache(tmp_path / "pkgs") as cache:
         proxy = f"http://127.0.0.1:{cache.port}"
         first = _get(proxy, url)
@@ -58,7 +42,7 @@ def test_second_fetch_is_served_from_cache_byte_identical(tmp_path: Path) -> Non
 
 
 def test_index_files_pass_through_uncached(tmp_path: Path) -> None:
-    (url, _), = _apt_uris("hello")
+    (url, _), = apt_package_uris("hello")
     codename = next(line.split("=", 1)[1].strip() for line in Path("/etc/os-release").read_text().splitlines()
                     if line.startswith("VERSION_CODENAME="))
     release = url.split("/pool/", 1)[0] + f"/dists/{codename}/Release"

@@ -149,6 +149,7 @@ def echoing_pve(tmp_path: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # verify_tls=False on purpose
 def test_proxmox_token_is_masked_in_errors_events_logs_and_diagnostics(
         echoing_pve: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from pim.engine.deploy.proxmox.api import Pve

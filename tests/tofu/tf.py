@@ -24,13 +24,19 @@ needs_terraform = pytest.mark.skipif(
 
 @functools.cache
 def aws_mirror() -> Path | None:
-    """The filesystem mirror holding hashicorp/aws: the folder above its registry host folder."""
-    out = subprocess.run(["find", "/", "-maxdepth", "6", "(", "-path", "/proc", "-o", "-path", "/sys", ")", "-prune",
-                          "-o", "-path", "*/hashicorp/aws", "-print"], capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        path = Path(line)
-        if path.parent.parent.name.count(".") >= 1 and any(path.iterdir()):
-            return path.parent.parent.parent
+    """The filesystem mirror holding hashicorp/aws: the folder above its registry host folder.
+
+    Looked for where mirrors are kept, never by walking the whole disk: Terraform's
+    implied local mirror folders, then each folder directly under /opt (where the
+    machine image keeps it)."""
+    data_dirs = os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share"
+    roots = [Path.home() / ".terraform.d" / "plugins", Path.home() / ".local" / "share" / "terraform" / "plugins",
+             *(Path(d) / "terraform" / "plugins" for d in data_dirs.split(":") if d),
+             *(sorted(Path("/opt").iterdir()) if Path("/opt").is_dir() else [])]
+    for root in roots:
+        for path in sorted(root.glob("*/hashicorp/aws")) if root.is_dir() else []:
+            if path.parent.parent.name.count(".") >= 1 and any(path.iterdir()):
+                return root
     return None
 
 

@@ -21,7 +21,6 @@ silent.
 from __future__ import annotations
 
 import collections
-import ctypes
 import json
 import os
 import selectors
@@ -56,6 +55,8 @@ def run(op: str, job: dict[str, Any], *, label: str, timeout: float | None = Non
     relay = Relay(label, log or pulumi_log, secrets)
     proc = start([sys.executable, "-m", "pim.pulumi_provider.worker", str(os.getpid())],
                  stdin=PIPE, stdout=PIPE, stderr=PIPE, die_with_parent=signal.SIGTERM)
+    _LIVE.add(proc)
+    _watch_engine()
     tail: collections.deque[str] = collections.deque(maxlen=40)
     drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
     drain.start()
@@ -67,6 +68,8 @@ def run(op: str, job: dict[str, Any], *, label: str, timeout: float | None = Non
     except BaseException:
         _stop(proc, relay)
         raise
+    finally:
+        _LIVE.discard(proc)
     proc.wait()
     drain.join(timeout=5)
     if outcome is None:
@@ -77,6 +80,38 @@ def run(op: str, job: dict[str, Any], *, label: str, timeout: float | None = Non
         return value
     error = InputError if value.get("input") else BuildError
     raise error(relay.secrets.redact(f"{label}: {value.get('message', 'failed')}"))
+
+
+_LIVE: set[subprocess.Popen] = set()  # workers running now, for _watch_engine
+_WATCHING = threading.Lock()
+
+
+def _watch_engine() -> None:
+    """Once per provider process: when the engine that started the provider is gone, or the
+    provider's main thread has ended (SIGINT stops the SDK's server and the interpreter
+    then waits for the RPC threads), SIGTERM every worker, so its build stops in order
+    instead of running on with parent 1. With the engine gone nobody waits for an answer:
+    once the workers have ended, the provider ends too."""
+    if not _WATCHING.acquire(blocking=False):
+        return
+    from pim.engine.interrupt import watch_parent
+
+    main_thread = threading.main_thread()
+
+    def stop_all() -> None:
+        workers = list(_LIVE)
+        for proc in workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(timeout=GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if main_thread.is_alive():
+            os._exit(1)
+
+    watch_parent(stop_all, or_when=lambda: not main_thread.is_alive())
 
 
 def _pump(proc: subprocess.Popen, relay: Relay, deadline: float | None, timeout: float | None,
@@ -146,27 +181,17 @@ def _status(code: int | None) -> str:
 
 # ---------------------------------------------------------------- the child
 
-def _term_with_parent(parent: int) -> None:
-    """SIGTERM when the provider dies (PR_SET_PDEATHSIG = 1); not SIGKILL, so QEMU is stopped
-    in order. Set here, not in a preexec_fn: the parent is a threaded gRPC server."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the provider died before prctl took effect
-        raise KeyboardInterrupt("the provider is gone")
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     # The protocol owns the real stdout; anything else printing goes to stderr.
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    signal.signal(signal.SIGTERM, _interrupt)
-    if len(sys.argv) > 1:
-        _term_with_parent(int(sys.argv[1]))
+    from pim.engine.interrupt import Interrupted, Unwinder, watch_parent
+
+    # SIGTERM (the provider stopping the work) and SIGINT (Ctrl-C, or the engine stopping
+    # the provider's process group) unwind the build once: QEMU stopped, nothing published.
+    Unwinder().install().arm()
+    if len(sys.argv) > 1:  # the provider gone (even before this line): the same, by SIGTERM
+        watch_parent(parent=int(sys.argv[1]))
     lock = threading.Lock()
 
     def send(obj: dict[str, Any]) -> None:
@@ -189,9 +214,9 @@ def main() -> int:
         send({"error": {"type": type(e).__name__, "message": events.redact(str(e)),
                         "input": isinstance(e, InputError)}})
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         send({"error": {"type": "Interrupted", "message": "stopped before it finished; nothing was published"}})
-        return 130
+        return e.exit_code if isinstance(e, Interrupted) else 130
     except Exception as e:  # a bug or an SDK error: its message, and the traceback on stderr
         import traceback
 

@@ -62,10 +62,12 @@ def shutdown_ladder(
     """Stop a VM, gently first: guest agent or ACPI powerdown, QMP quit, SIGTERM, SIGKILL.
 
     `wait(t)` returns True once the process has exited. Returns the rung that worked.
+    graceful <= 0 skips the guest's own shutdown (nothing of the VM is kept): QMP quit
+    first, so an interrupted build ends in seconds.
     """
     if wait(0):
         return "exited"
-    ga, mon = agent(), qmp()
+    ga, mon = agent() if graceful > 0 else None, qmp()
     try:
         return _climb(wait, signal_, mon, ga, events, stage, graceful, step)
     finally:
@@ -83,7 +85,7 @@ def _climb(wait, signal_, mon, ga, events, stage, graceful, step) -> str:  # typ
             how = "guest agent shutdown"
         except AgentError:
             pass
-    if how is None and mon is not None:
+    if how is None and graceful > 0 and mon is not None:
         try:
             mon.system_powerdown()
             how = "ACPI powerdown"
@@ -135,7 +137,8 @@ class Machine:
     def __exit__(self, *exc: object) -> None:
         try:
             if self.proc is not None and self.proc.poll() is None:
-                self.stop(graceful=5.0 if exc[0] is not None else 60.0)
+                # Leaving on an error or an interrupt keeps nothing of the VM: no guest shutdown.
+                self.stop(graceful=0.0 if exc[0] is not None else 60.0)
         finally:
             if self.proc is not None and self.proc.poll() is None:  # stop() itself was interrupted
                 self.proc.kill()

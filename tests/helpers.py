@@ -42,7 +42,8 @@ def minimal_image(iso: str = "installer.iso", **overrides) -> dict:
     return image
 
 
-MINIMAL_FILES = {"installer.iso": "not really an iso", "answer.txt": "hostname={{ hostname }}\n"}
+MINIMAL_FILES = {"installer.iso": "not really an iso",
+                 "answer.txt": "hostname={{ hostname }}\nssh_authorized_key={{ ssh_public_key }}\n"}
 
 
 def apt_package_uris(*packages: str, update: bool = False) -> list[tuple[str, str]]:

@@ -52,7 +52,7 @@ def test_kickstart_with_password_never_renders_it_plain(tmp_path: Path) -> None:
 
 
 def test_custom_family_needs_template_and_boot(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="family custom needs template and boot"):
+    with pytest.raises(SpecError, match=r"family custom needs template \(or answer_file\) and boot"):
         _cfg(tmp_path, {"family": "custom"})
 
 

@@ -21,7 +21,8 @@ def test_filters() -> None:
 def test_undefined_variable_is_named_with_the_known_ones() -> None:
     with pytest.raises(InputError) as e:
         render("{{ hostnme }}", {"hostname": "web1"}, "answer.txt")
-    assert str(e.value) == "answer.txt: 'hostnme' is undefined; available variables: hostname"
+    assert str(e.value) == ("answer.txt: line 1: 'hostnme' is undefined (did you mean 'hostname'?); "
+                                "available variables: hostname")
 
 
 @pytest.mark.parametrize("template", [

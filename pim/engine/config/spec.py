@@ -138,9 +138,15 @@ class Installer(_Model):
     template: str | None = Field(
         None, description="Answer-file template (Jinja2), relative to the config file; replaces the family's built-in"
     )
+    answer_file: str | None = Field(
+        None, description="Answer file served byte for byte (never rendered), relative to the config file; "
+                          "replaces the family's built-in; the alternative to template")
     answer_name: str = Field("answer", pattern=r"^[A-Za-z0-9._-]+$",
                              description="File name a custom answer file is served under")
-    files: dict[str, str] = Field({}, description="Extra files served beside the answer file: name -> local path")
+    files: dict[str, str] = Field({}, description="Extra files served byte for byte beside the answer file: "
+                                                  "name -> local path")
+    template_files: dict[str, str] = Field({}, description="Extra files rendered as Jinja2 templates like the "
+                                                           "answer template, then served: name -> local path")
     vars: dict[str, str] = Field({}, description="Extra template variables")
     mirror: str | None = Field(None, description="Package mirror URL for the installer (default: the installer's own)")
     locale: str | None = Field(None, description="e.g. en_US.UTF-8")
@@ -150,9 +156,9 @@ class Installer(_Model):
     timeout: Duration = Field(3600.0, description="Deadline for the whole install")
     failure_patterns: list[str] = Field([], description="Extra regexes that fail the install when seen on the console or in the installer's log stream")
 
-    _template = field_validator("template")(_check_file)
+    _template = field_validator("template", "answer_file")(_check_file)
 
-    @field_validator("files")
+    @field_validator("files", "template_files")
     @classmethod
     def _files_exist(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for name, path in v.items():
@@ -163,9 +169,15 @@ class Installer(_Model):
 
     @model_validator(mode="after")
     def _custom_needs_everything(self) -> "Installer":
-        if self.family == Family.custom and (self.template is None or self.boot is None):
-            raise ValueError("family custom needs template and boot; or use a built-in family "
+        if self.template is not None and self.answer_file is not None:
+            raise ValueError("give template (rendered) or answer_file (served as it is), not both")
+        if self.family == Family.custom and ((self.template is None and self.answer_file is None)
+                                             or self.boot is None):
+            raise ValueError("family custom needs template (or answer_file) and boot; or use a built-in family "
                              "(debian, ubuntu, kickstart)")
+        both = sorted(set(self.files) & set(self.template_files))
+        if both:
+            raise ValueError(f"{', '.join(both)}: in both files and template_files; keep each name in one")
         return self
 
     @field_validator("failure_patterns")

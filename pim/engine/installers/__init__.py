@@ -63,26 +63,80 @@ def environment(undefined: Any = None) -> Any:
     return env
 
 
-def render(template: str, variables: dict[str, Any], what: str) -> str:
-    """Render a Jinja2 template; an undefined variable is an input error naming it.
+# How to keep template syntax as text: said with every template syntax error.
+LITERAL_HINT = ("this file is rendered as a Jinja2 template; to keep text such as '{{', '{%' or '{#' "
+                "literally, put it between {% raw %} and {% endraw %}")
 
-    Error messages name the template line and never carry variable values: a
-    template that fails on a password must not put the password in a log.
+
+def render(template: str, variables: dict[str, Any], what: str, literal_hint: str = LITERAL_HINT) -> str:
+    """Render a Jinja2 template; any problem is an InputError naming `what` and the line.
+
+    Every variable the template names must be in `variables`, even on a branch this
+    render does not take (a misspelt name fails in `pim validate`, not in a later
+    build); the message names it, suggests the closest known name and lists them all.
+    A syntax error says it is template syntax and how to keep text literally
+    (`literal_hint`). A `${#` (a shell array length) opening a Jinja comment is an
+    error too, since the text up to the next `#}` would vanish silently. Messages
+    never carry variable values: a template that fails on a password must not put
+    the password in a log.
     """
     import jinja2
 
     env = environment()
     try:
+        _check_comments(env, template, what, literal_hint)
+        ast = env.parse(template)
+        _check_names(ast, variables, what)
         return env.from_string(template).render(**variables)
     except jinja2.UndefinedError as e:
-        known = ", ".join(sorted(variables))
-        raise InputError(f"{what}: {redact(e.message or str(e), variables)}; available variables: {known}") from None
+        line = _template_line(e)
+        where = f"line {line}: " if line else ""
+        raise InputError(f"{what}: {where}{redact(e.message or str(e), variables)}{_known(variables)}") from None
     except jinja2.TemplateSyntaxError as e:
-        raise InputError(f"{what}: line {e.lineno}: {redact(e.message or str(e), variables)}") from None
+        raise InputError(f"{what}: line {e.lineno}: template syntax error: {redact(e.message or str(e), variables)}"
+                         f"; {literal_hint}") from None
+    except InputError:
+        raise
     except Exception as e:  # a filter or an operation failed on a value
         line = _template_line(e)
         where = f"line {line}: " if line else ""
         raise InputError(f"{what}: {where}{type(e).__name__}: {redact(str(e), variables)}") from None
+
+
+def _known(variables: dict[str, Any]) -> str:
+    return f"; available variables: {', '.join(sorted(variables))}"
+
+
+def _check_names(ast: Any, variables: dict[str, Any], what: str) -> None:
+    import difflib
+
+    import jinja2.meta
+    import jinja2.nodes
+
+    missing = jinja2.meta.find_undeclared_variables(ast) - set(variables)
+    # `x | default(...)` and `x is defined` are how a template says x is optional.
+    for guard in [*ast.find_all(jinja2.nodes.Filter), *ast.find_all(jinja2.nodes.Test)]:
+        if guard.name in ("default", "d", "defined", "undefined") and isinstance(guard.node, jinja2.nodes.Name):
+            missing.discard(guard.node.name)
+    if not missing:
+        return
+    lines = {}
+    for node in ast.find_all(jinja2.nodes.Name):
+        if node.name in missing and node.ctx == "load":
+            lines.setdefault(node.name, node.lineno)
+    name = min(missing, key=lambda n: (lines.get(n, 0), n))
+    close = difflib.get_close_matches(name, list(variables), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise InputError(f"{what}: line {lines.get(name, '?')}: {name!r} is undefined{hint}{_known(variables)}")
+
+
+def _check_comments(env: Any, template: str, what: str, literal_hint: str) -> None:
+    previous = ("", "")
+    for line, token, value in env.lex(template):
+        if token == "comment_begin" and previous[0] == "data" and previous[1].endswith("$"):
+            raise InputError(f"{what}: line {line}: '${{#' (a shell array or string length) opens a Jinja2 "
+                             f"comment here, which would drop the text up to the next '#}}'; {literal_hint}")
+        previous = (token, value)
 
 
 def redact(message: str, variables: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ says how to ask for it and what its lines mean.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -229,11 +229,12 @@ def builtin_template(family: str, name: str) -> str:
 
 
 def default_files(family: str, variables: Mapping[str, Any],
-                  templates: Mapping[str, str] | None = None) -> dict[str, bytes]:
+                  templates: Mapping[str, str] | None = None, skip: Collection[str] = ()) -> dict[str, bytes]:
     """Every file the family's installer fetches, rendered; name -> bytes.
 
     `templates` maps a served file name to the text of a user template that
-    replaces the built-in one (e.g. {"preseed.cfg": open("my.preseed").read()}).
+    replaces the built-in one (e.g. {"preseed.cfg": open("my.preseed").read()});
+    names in `skip` are left out (the caller serves its own file under them).
     """
     fam = get(family)
     overrides = dict(templates or {})
@@ -245,6 +246,8 @@ def default_files(family: str, variables: Mapping[str, Any],
     values = template_variables(variables)
     files = {}
     for name in fam.templates:
+        if name in skip:
+            continue
         text = overrides.get(name)
         what = f"{family} {name} (your template)" if text is not None else f"built-in {family} {name}"
         files[name] = render(text if text is not None else builtin_template(family, name), values, what).encode()

@@ -110,6 +110,39 @@ def _preseed_lines(text: str) -> Iterable[tuple[int, tuple[str, str, str, str] |
         yield start, (m[1], m[2], m[3], (m[4] or "").strip()) if m else None
 
 
+def preseed_answers(text: str) -> dict[str, list[tuple[int, str]]]:
+    """question -> every (line, value) that sets it, in file order; d-i keeps only the last."""
+    answers: dict[str, list[tuple[int, str]]] = {}
+    for lineno, entry in _preseed_lines(text):
+        if entry is not None:
+            answers.setdefault(entry[1], []).append((lineno, entry[3]))
+    return answers
+
+
+# --- can the build log in? -------------------------------------------------------
+
+def authorizes(family: str, answer: str, texts: Mapping[str, str], key: str) -> tuple[bool, str]:
+    """Whether a served file can put `key` (an OpenSSH public key line) in place, as
+    the installer will read it: a preseed answer only counts in the last line that
+    sets its question, a comment never counts. Returns (found, why not: "" or a
+    parenthesised note naming the overridden line)."""
+    words = key.split()
+    blob = words[1] if len(words) > 1 else key
+    note = ""
+    for served, text in texts.items():
+        if family == "debian" and served == answer:
+            for question, settings in preseed_answers(text).items():
+                if blob in settings[-1][1]:
+                    return True, ""
+                earlier = next((line for line, value in settings[:-1] if blob in value), None)
+                if earlier is not None:
+                    note = (f" ({answer} line {earlier} authorizes it in {question}, but line {settings[-1][0]} "
+                            f"sets {question} again and only the last counts)")
+        elif blob in "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")):
+            return True, ""
+    return False, note
+
+
 # --- kickstart -----------------------------------------------------------------
 
 def _kickstart(text: str, name: str, version: str, report: Report) -> None:
@@ -143,9 +176,10 @@ def _kickstart(text: str, name: str, version: str, report: Report) -> None:
         if w.category.__module__.startswith("pykickstart"):
             report.problems.append(f"{name}: {w.category.__name__}: {_one_line(w.message)}")
     for script in getattr(parser.handler, "scripts", []):
+        # Checked with the interpreter anaconda runs it with (/bin/sh is bash there, too).
         if script.interp in ("/bin/sh", "/bin/bash", "/usr/bin/bash", "/usr/bin/sh"):
             _shell(script.script, f"{name}: line {script.lineno}: %{_SECTIONS.get(script.type, 'script')}",
-                   report)
+                   report, shell="bash")
 
 
 _SECTIONS = {0: "pre", 1: "post", 2: "traceback", 3: "pre-install", 4: "onerror"}  # pykickstart.constants
@@ -159,16 +193,22 @@ def _ks_problem(name: str, error: Exception, line: str) -> str:
     return f"{name}: {where}{command}{_one_line(message)}"
 
 
-def _shell(script: str, where: str, report: Report) -> None:
-    """Shell syntax of a script the installer will run (sh -n: parsed, never run)."""
-    sh = shutil.which("sh")
+def _shell(script: str, where: str, report: Report, shell: str = "sh") -> None:
+    """Shell syntax of a script the installer will run (`shell -n`: parsed, never run).
+
+    `shell` is what the installer runs it with: "sh" (d-i's busybox ash, subiquity's
+    dash) or "bash" (anaconda, whose /bin/sh is bash too).
+    """
+    sh = shutil.which(shell)
     if sh is None:
+        report.notes.append(f"{shell} not found: {where} not checked")
         return
     from pim.engine.run import run
 
     out = run([sh, "-n"], input=script.encode(), check=False, timeout=30)
     if out.returncode != 0:
-        report.problems.append(f"{where}: shell syntax: {_one_line(out.stdout) or f'sh -n exit {out.returncode}'}")
+        report.problems.append(f"{where}: shell syntax: "
+                               f"{_one_line(out.stdout) or f'{shell} -n exit {out.returncode}'}")
 
 
 def _one_line(message: object) -> str:

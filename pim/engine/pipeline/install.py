@@ -14,8 +14,8 @@ from pim.engine.source import iso as isofs
 from pim.engine.services.answers import AnswerServer
 from pim.engine.guest.console import BASE_FAILURES, ConsoleWatcher, LineWatch, Patterns
 from pim.engine.errors import InstallerFailed
-from pim.engine.installers import families, render
-from pim.engine.installers.prepare import answer_name, installer_variables, prepare
+from pim.engine.installers import families
+from pim.engine.installers.prepare import answer_name, build_variables, prepare
 from pim.engine.services.syslog import SyslogReceiver
 from pim.engine.pipeline.context import BuildContext
 from pim.engine.qemu import img
@@ -42,17 +42,10 @@ def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object
             ctx.package_cache() as proxy:
         events.add_secret(server.token)  # the answer URL reaches the console and the log stream
         log_host, log_port = syslog.guest_address
-        variables: dict[str, object] = {
-            **installer_variables(spec),
-            "proxy_url": proxy.url(),
-            "image": ctx.name,
-            "hostname": ctx.hostname,
-            "ssh_public_key": key.public_openssh,
-            "http_url": server.url(),
-            "answer_url": server.url(name),
-            "log_host": log_host,
-            "log_port": log_port,
-        }
+        variables = build_variables(spec, ctx.name, hostname=ctx.hostname, ssh_public_key=key.public_openssh,
+                                    http_url=server.url(), answer_url=server.url(name), proxy_url=proxy.url(),
+                                    log_host=log_host, log_port=log_port)
+        # Everything rendered and checked (boot params, boot command, can the build log in) before QEMU starts.
         prepared = prepare(ctx.cfg, spec, ctx.iso, variables)
         events.add_secret(prepared.variables.get("ssh_password_hash"))
         for served, content in prepared.files.items():
@@ -62,19 +55,16 @@ def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object
         if boot.kernel and boot.initrd:
             kernel, initrd = ctx.work / "kernel", ctx.work / "initrd"
             isofs.extract(ctx.iso, {boot.kernel: kernel, boot.initrd: initrd})
-            append = render(boot.params, prepared.variables, "installer.boot.params")
-            if family and family.log_params and inst.boot is None:  # detected boot: ask for the log stream
-                append += " " + render(family.log_params, prepared.variables, f"{family.name} log parameters")
+            append = prepared.params  # with the log stream's parameters for a detected boot
         vm_cfg = ctx.vm_config(STAGE, disk, cdrom=ctx.iso, kernel=kernel, initrd=initrd, append=append, no_reboot=True)
 
         started = time.monotonic()
         with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
             vm_cfg.serial_log, events, STAGE, prepared.failure_patterns, family.progress if family else ()
         ) as console:
-            if boot.command:
-                typed = [render(chunk, prepared.variables, "installer.boot.command") for chunk in boot.command]
+            if prepared.command:
                 events.log(STAGE, f"typing the boot command in {boot.command_delay:.0f}s")
-                _type_boot_command(vm, typed, boot.command_delay)
+                _type_boot_command(vm, prepared.command, boot.command_delay)
             deadline = started + inst.timeout
             while not vm.wait(0.5):
                 _check(syslog.watch, console.watch)
@@ -108,6 +98,7 @@ def _type_boot_command(vm: Machine, command: list[str], delay: float) -> None:
     mon = vm.qmp()
     try:
         for chunk in command:
-            mon.type_text(chunk)
+            if not mon.type_text(chunk, pause=vm.wait):  # <wait>s are spent watching QEMU
+                return
     finally:
         mon.close()

@@ -115,6 +115,10 @@ def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, h
         "vars": inst.vars,
         "settings": {k: getattr(inst, k) for k in ("mirror", "locale", "timezone", "keyboard")},
         "files": {name: file_digest(cfg.path(p)) for name, p in inst.files.items()},
+        # Only when set, so that keys of configs without them stay as they were.
+        **({"answer_file": file_digest(cfg.path(inst.answer_file))} if inst.answer_file else {}),
+        **({"template_files": {name: file_digest(cfg.path(p)) for name, p in inst.template_files.items()}}
+           if inst.template_files else {}),
         "boot": inst.boot.model_dump(mode="json") if inst.boot else None,
         "hostname": hostname,
         "ssh_user": spec.ssh.user,

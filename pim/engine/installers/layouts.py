@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pim.engine.errors import InputError
+
+if TYPE_CHECKING:
+    from pim.engine.source.iso import IsoImage
 
 # (kernel, initrd, family, arch or None when the layout is the same on every arch)
 CANDIDATES: tuple[tuple[str, str, str, str | None], ...] = (
@@ -40,22 +43,14 @@ class Layout:
 
 def detect(iso_path: Path) -> Layout:
     """The direct-boot layout of an installer ISO; InputError if it is not one PIM knows."""
-    import pycdlib
-    from pycdlib.pycdlibexception import PyCdlibException
+    from pim.engine.source.iso import IsoImage
 
-    cd = pycdlib.PyCdlib()
-    try:
-        cd.open(str(iso_path))
-    except (PyCdlibException, OSError) as e:
-        raise InputError(f"{iso_path} is not a readable ISO 9660 image: {e}") from None
-    try:
-        volume_id = cd.pvd.volume_identifier.decode("ascii", "replace").strip()
+    with IsoImage(iso_path) as image:
+        volume_id = image.volume_id
         for kernel, initrd, family, arch in CANDIDATES:
-            if _exists(cd, kernel) and _exists(cd, initrd):
-                arch = arch or _arch_from_volume(volume_id) or _arch_from_loader(cd)
+            if image.exists(kernel) and image.exists(initrd):
+                arch = arch or _arch_from_volume(volume_id) or _arch_from_loader(image)
                 return Layout(kernel, initrd, boot_params(family, volume_id, arch), family, volume_id, arch)
-    finally:
-        cd.close()
     looked = ", ".join(f"{k} + {i}" for k, i, _, _ in CANDIDATES)
     raise InputError(
         f"{iso_path.name} (volume {volume_id!r}) has none of the installer layouts PIM knows ({looked}); "
@@ -86,32 +81,6 @@ def boot_params(family: str, volume_id: str, arch: str | None) -> str:
     return environment(undefined=Keep).from_string(get(family).boot_params).render(**known)
 
 
-def _exists(cd: Any, path: str) -> bool:
-    from pycdlib.pycdlibexception import PyCdlibException
-
-    for facet in _facets(cd, path):
-        try:
-            cd.get_record(**facet)
-            return True
-        except PyCdlibException:
-            continue
-    return False
-
-
-def _facets(cd: Any, path: str) -> list[dict[str, str]]:
-    # Installer ISOs carry Rock Ridge and/or Joliet names (what the paths above
-    # are); plain ISO 9660 names are upper case with a version suffix.
-    facets = []
-    if cd.has_rock_ridge():
-        facets.append({"rr_path": path})
-    if cd.has_joliet():
-        facets.append({"joliet_path": path})
-    upper = path.upper()
-    leaf = upper.rsplit("/", 1)[-1]
-    facets += [{"iso_path": upper + ";1"}] if "." in leaf else [{"iso_path": upper + ".;1"}, {"iso_path": upper}]
-    return facets
-
-
 def _arch_from_volume(volume_id: str) -> str | None:
     for arch, words in _ARCH_WORDS:
         if re.search(rf"(?<![A-Za-z0-9])(?:{words})(?![A-Za-z0-9])", volume_id, re.IGNORECASE):
@@ -119,8 +88,8 @@ def _arch_from_volume(volume_id: str) -> str | None:
     return None
 
 
-def _arch_from_loader(cd: Any) -> str | None:
+def _arch_from_loader(image: IsoImage) -> str | None:
     for arch, loader in _EFI_LOADERS:
-        if _exists(cd, loader) or _exists(cd, loader.lower()):
+        if image.exists(loader) or image.exists(loader.lower()):
             return arch
     return None

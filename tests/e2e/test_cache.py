@@ -76,3 +76,60 @@ def test_killed_build_publishes_nothing_and_next_build_succeeds(fixture_iso: Pat
     assert result.path.is_file() and not result.cached
     assert list((pim_cache / "tmp").iterdir()) == []
     assert [p.name for p in (runtime_root / "pim").iterdir() if p.name.startswith("e2e.")] == []
+
+
+def _pim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pim.cli.main", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=120)
+
+
+HOLD = [{"type": "shell", "name": "hold", "inline": "echo holding; sleep 8; echo leased > /root/leased"}]
+
+
+def test_gc_and_rm_during_a_build_skip_what_it_uses_and_its_artifact_boots(
+        fixture_iso: Path, tmp_path: Path, pim_cache: Path) -> None:
+    from pim.engine.qemu.argv import RuntimeFiles, VmConfig
+    from pim.engine.qemu.machine import Machine
+
+    proc = _cli(make_config(tmp_path, fixture_iso, provision=HOLD))
+    seen: list[dict] = []
+    for line in proc.stdout:  # the provision step runs: install and boot snapshot are in use
+        seen.append(json.loads(line))
+        if "[1:hold] holding" in seen[-1].get("message", ""):
+            break
+    begun = {e["stage"]: e["data"] for e in seen if e["kind"] == "stage-begin"}
+    used = [begun["install"]["key"], begun["boot"]["key"]]
+    _pim("images", "rm", "e2e")  # the image's newest build no longer keeps anything: gc tries all
+    gc = _pim("images", "gc")
+    assert gc.returncode == 0, gc.stderr
+    for key in used:
+        assert f"kept {key[:12]}" in gc.stderr and "in use by a running build" in gc.stderr
+        rm = _pim("images", "rm", key[:12])
+        assert rm.returncode == 2 and "in use by a running build" in rm.stderr, rm.stderr
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    result = _events(out)[-1]["data"]
+    store = Store(pim_cache)
+    assert all(store.has(key) for key in used)
+    runtime = RuntimeFiles.for_name("e2e-leased")
+    vm_cfg = VmConfig(name="e2e-leased", disk=Path(result["path"]), serial_log=tmp_path / "serial.log",
+                      runtime=runtime, memory_mib=1024, snapshot=True)
+    with Machine(vm_cfg, Emitter(), "check") as vm:
+        assert vm.agent(timeout=240).file_read("/root/leased") == b"leased\n"
+        vm.stop(graceful=60)
+
+
+def test_output_options_alone_rerun_only_the_final_stage(fixture_iso: Path, tmp_path: Path, pim_cache: Path) -> None:
+    store = Store(pim_cache)
+    first = build(load_config(make_config(tmp_path, fixture_iso, provision=HOLD)), "e2e", store=store)
+    other = "zlib" if first.manifest().artifact.compression == "zstd" else "zstd"
+    events: list[Event] = []
+    cfg = load_config(make_config(tmp_path / "zlib", fixture_iso, provision=HOLD, output={"compression": other}))
+    again = build(cfg, "e2e", Emitter(events.append), store=store)
+    begun = {e.stage: e.data["cached"] for e in events if e.kind == "stage-begin"}
+    assert begun == {"provision": True, "final": False}, begun
+    assert not any("starting QEMU" in e.message for e in events)
+    m = again.manifest()
+    assert m.artifact.compression == other and again.key != first.key
+    assert m.lineage["provision"].key == first.manifest().lineage["provision"].key
+    assert m.stages["provision"]["cached"] is True

@@ -154,6 +154,9 @@ class Installer(_Model):
     keyboard: str | None = Field(None, description="XKB layout, e.g. us")
     boot: Boot | None = Field(None, description="Boot method; default: detected from the ISO for the built-in families")
     timeout: Duration = Field(3600.0, description="Deadline for the whole install")
+    kickstart_version: str | None = Field(
+        None, description="Kickstart syntax version `pim validate` checks with (pykickstart's names: RHEL8, RHEL10, "
+                          "F40); default: from the ISO's .treeinfo, else RHEL9")
     failure_patterns: list[str] = Field([], description="Extra regexes that fail the install when seen on the console or in the installer's log stream")
 
     _template = field_validator("template", "answer_file")(_check_file)
@@ -309,6 +312,12 @@ def parse_config(data: Any, base_dir: Path, source: str = "config") -> Config:
 
 
 def load_config(path: Path) -> Config:
+    """Read and check a pim.yaml: every image and target, every problem at once.
+
+    Relative paths inside it are resolved against the file's folder (`Config.base_dir`).
+    Raises SpecError listing each problem with its dotted path (`images.web.disk_size`)
+    and the rule it broke, for an unreadable file, bad YAML or an invalid value.
+    """
     try:
         text = path.read_text()
     except OSError as e:

@@ -17,8 +17,9 @@ from pim.engine.errors import VMError
 from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
+from pim.engine.wait import until
 from pim.engine.guest.ssh import KeyPair, Session
-from pim.engine.pipeline.stages import copy_efivars
+from pim.engine.pipeline.stage import copy_efivars
 
 STAGE = "boot"
 STATE = "state"  # the saved machine state inside a boot object
@@ -52,16 +53,8 @@ def snapshot(ctx: BuildContext, install_dir: Path, staging: Path, key: KeyPair) 
         try:
             mon.cmd("stop")
             mon.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(staging / STATE))}")
-            deadline = time.monotonic() + 300
-            while True:
-                status = mon.cmd("query-migrate")
-                if status.get("status") == "completed":
-                    break
-                if status.get("status") in ("failed", "cancelled"):
-                    raise VMError(f"saving the machine state failed: {status.get('error-desc', status['status'])}")
-                if time.monotonic() > deadline:
-                    raise VMError("saving the machine state took more than 300s")
-                time.sleep(0.2)
+            until(lambda: _migrated(mon.cmd("query-migrate")), what="saving the machine state", timeout=300,
+                  interval=0.2)
             mon.quit()
         finally:
             mon.close()
@@ -72,21 +65,30 @@ def snapshot(ctx: BuildContext, install_dir: Path, staging: Path, key: KeyPair) 
     return {"ssh_wait_seconds": round(waited, 1), "state_bytes": state_size}
 
 
+def _migrated(status: dict) -> bool:  # type: ignore[type-arg]
+    if status.get("status") in ("failed", "cancelled"):
+        raise VMError(f"saving the machine state failed: {status.get('error-desc', status['status'])}")
+    return status.get("status") == "completed"
+
+
 def wait_resumed(vm: Machine, timeout: float = 120.0) -> float:
-    """Wait for the saved state to load, then run the guest (it was saved paused)."""
+    """Wait for the saved state to load, then run the guest (it was saved paused).
+
+    Returns the seconds it took. Raises VMError when QEMU reports another state,
+    WaitTimeout after `timeout` seconds, WaitAborted when QEMU exits meanwhile.
+    """
     started = time.monotonic()
-    while True:
+
+    def loaded() -> bool:
         status = vm.qmp_call("query-status")["status"]  # type: ignore[index]
+        if status not in ("inmigrate", "prelaunch", "paused", "running"):
+            raise VMError(f"resuming the saved guest failed (QEMU state {status!r})")
         if status == "paused":
             vm.qmp_call("cont")
-            return time.monotonic() - started
-        if status == "running":
-            return time.monotonic() - started
-        if status not in ("inmigrate", "prelaunch"):
-            raise VMError(f"resuming the saved guest failed (QEMU state {status!r})")
-        if time.monotonic() - started > timeout or not vm.running:
-            raise VMError(f"the saved guest did not load within {timeout:.0f}s")
-        time.sleep(0.1)
+        return status in ("paused", "running")
+
+    until(loaded, what="the saved guest to load", timeout=timeout, alive=lambda: vm.running)
+    return time.monotonic() - started
 
 
 def resume_uri(boot_dir: Path) -> str | None:

@@ -18,7 +18,8 @@ from pim.engine.errors import InputError
 from pim.engine.events import Emitter
 from pim.engine.pipeline import keys as keymod
 from pim.engine.pipeline.context import BuildContext, hostname_for
-from pim.engine.pipeline.stages import STAGES, Stage, StageOutput, StageSkipped
+from pim.engine.pipeline.stage import Stage, StageOutput, StageSkipped
+from pim.engine.pipeline.stages import STAGES
 from pim.engine.source.fetch import resolve_iso
 from pim.engine.store import manifest as manifests
 from pim.engine.store.manifest import Manifest, StageRef
@@ -123,22 +124,31 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
 
 
 def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tuple[Stage, str, bool]]:
-    """(stage, key, cached) for the stages this build needs: from the last cached
-    stage on. Cached objects are leased here, with everything they are built on,
-    before anything is decided about them."""
-    store, plan = ctx.store, []
-    for stage in reversed(STAGES):
+    """(stage, key, cached) for the stages this build needs, in pipeline order.
+
+    Starting from the final stage, a stage that is not cached brings in the stages it
+    needs (`Stage.needs`); a cached one needs nothing more. Every object named here is
+    leased, with everything it is built on, before anything is decided about it.
+    """
+    store, by_name, planned = ctx.store, {s.name: s for s in STAGES}, {}
+
+    def want(name: str) -> None:
+        if name in planned:
+            return
+        stage = by_name[name]
         key = stage.key(ctx)
         if key is None:
-            continue
+            return
         if force and store.has(key):
             store.remove(key)
         held.enter_context(store.lease(key))
-        cached = not force and _usable(store, key, held)
-        plan.insert(0, (stage, key, cached))
-        if cached:
-            break
-    return plan
+        planned[name] = (stage, key, not force and _usable(store, key, held))
+        if not planned[name][2]:
+            for dep in stage.needs:
+                want(dep)
+
+    want(STAGES[-1].name)
+    return [planned[s.name] for s in STAGES if s.name in planned]
 
 
 def _usable(store: Store, key: str, held: contextlib.ExitStack) -> bool:

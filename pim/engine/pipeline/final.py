@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pim
 from pim.engine.pipeline.context import BuildContext
+from pim.engine.pipeline.stage import StageOutput, StageResult
 from pim.engine.qemu import img
 from pim.engine.source.fetch import sha256_file
 from pim.engine.store.manifest import Artifact
 
-if TYPE_CHECKING:
-    from pim.engine.pipeline.stages import StageOutput, StageResult
 
 STAGE = "final"
 
 
-def run_final(ctx: BuildContext, provision: "StageOutput", disk: Path) -> "StageResult":
+def run_final(ctx: BuildContext, provision: StageOutput, disk: Path) -> StageResult:
     """Convert `provision`'s disk (and its backing chain) into one compressed qcow2 at `disk`.
 
     Returns the stage result carrying the artifact (sha256, sizes in bytes) and the
     manifest's spec, source and tool fields; raises CommandError when qemu-img fails.
     """
-    from pim.engine.pipeline.stages import StageResult
-
     started = time.monotonic()
     compression = img.resolve_compression(ctx.spec.output.compression.value)
     ctx.events.log(STAGE, f"flattening and compressing ({compression})")

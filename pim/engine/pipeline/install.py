@@ -27,7 +27,14 @@ STAGE = "install"
 
 
 def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object]:
-    """Install onto a new disk; returns facts for the manifest."""
+    """Create `disk` (the spec's disk size) and run the installer onto it, serving its
+    answer files with `key`'s public half authorized for the build user.
+
+    Returns facts for the manifest (seconds, whether the answer file was fetched,
+    log datagrams received). Raises InstallerFailed (a failure line on the console or
+    the log stream, a non-zero QEMU exit, or `installer.timeout` passed) with the
+    console tail, InputError for a bad template or boot layout.
+    """
     spec, inst, events = ctx.spec, ctx.spec.installer, ctx.events
     img.create(disk, spec.disk_size)
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None

@@ -15,7 +15,7 @@ from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import FileStep, ShellStep
 from pim.engine.guest.ssh import KeyPair, Session, script_command
 from pim.engine.pipeline.guestfiles import GENERALIZE, STEP_PRELUDE
-from pim.engine.pipeline.stages import copy_efivars
+from pim.engine.pipeline.stage import copy_efivars
 
 STAGE = "provision"
 

@@ -1,98 +1,32 @@
-"""The build's stages as things: each has a name, computes its key, and runs into a
-staging folder that the build loop publishes as a store object.
+"""The build's four stages, in the order the loop runs them:
 
     install -> boot snapshot -> provision -> final
 
-A stage's `run(ctx, staging, inputs)` gets the published outputs of the stages
-before it (`inputs`, by stage name) and returns a `StageResult`: the facts it
-recorded and the objects it is built on. The loop (`build.run_stages`) decides
-what is cached, holds the locks and leases, writes the manifest and publishes.
+Each has a name, computes its key (`keys.py`), and runs into a staging folder that
+the build loop publishes as a store object. The runners are imported when a stage
+runs, so computing keys (an IaC plan) loads no QEMU, SSH or HTTP code.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from pim.engine.errors import PimError
-from pim.engine.guest.ssh import KeyPair
 from pim.engine.pipeline import keys as keymod
 from pim.engine.pipeline.context import BuildContext
-from pim.engine.store.manifest import Artifact, Manifest
-
-DISK = "disk.qcow2"
-
-
-@dataclass(frozen=True)
-class StageOutput:
-    """A published stage object: its key, its folder and its manifest."""
-
-    stage: str
-    key: str
-    path: Path  # objects/<key>/
-    manifest: Manifest
-    cached: bool
-
-    @property
-    def disk(self) -> Path:
-        return self.path / DISK
-
-
-@dataclass
-class StageResult:
-    """What a stage's run hands back to the loop for its manifest."""
-
-    facts: dict[str, Any] = field(default_factory=dict)
-    uses: dict[str, str] = field(default_factory=dict)  # stage name -> key of objects it is built on
-    artifact: Artifact | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # further Manifest fields (inputs, tools, source)
-
-
-class StageSkipped(PimError):
-    """An optional stage could not produce its object; the build goes on without it."""
-
-
-class Stage(Protocol):
-    """One step of the pipeline (see the module docstring)."""
-
-    name: str
-    optional: bool  # a failure (StageSkipped) leaves the stage out instead of failing the build
-    in_lineage: bool  # its key is part of the image's lineage (False: it never changes the bytes)
-
-    def key(self, ctx: BuildContext) -> str | None:
-        """The stage's content key, or None when this build does not use the stage."""
-
-    def run(self, ctx: BuildContext, staging: Path, inputs: dict[str, StageOutput]) -> StageResult:
-        """Produce the stage's files in `staging`; raise PimError on failure."""
-
-
-def build_key(install: StageOutput) -> KeyPair:
-    """The per-build SSH key pair the install stage authorized in the guest."""
-    return KeyPair((install.path / "build_key").read_text(), (install.path / "build_key.pub").read_text().strip())
-
-
-def copy_efivars(base: Path, staging: Path) -> None:
-    """UEFI: each VM of the build gets its own copy of the variables store."""
-    if (base / "efivars.fd").exists():
-        shutil.copyfile(base / "efivars.fd", staging / "efivars.fd")
-
-
-def allocated(path: Path) -> int:
-    """Bytes a file occupies on disk."""
-    return path.stat().st_blocks * 512
+from pim.engine.pipeline.stage import DISK, Stage, StageOutput, StageResult, StageSkipped, allocated, build_key
 
 
 class InstallStage:
-    name, optional, in_lineage = "install", False, True
+    name, optional, in_lineage, needs = "install", False, True, ()
 
     def key(self, ctx: BuildContext) -> str:
         return ctx.keys.install
 
     def run(self, ctx: BuildContext, staging: Path, inputs: dict[str, StageOutput]) -> StageResult:
+        from pim.engine.guest.ssh import KeyPair
         from pim.engine.pipeline.install import run_install
 
         key = KeyPair.generate(comment=f"pim-build-{ctx.keys.install[:12]}")
@@ -103,7 +37,7 @@ class InstallStage:
 
 
 class BootStage:
-    name, optional, in_lineage = "boot", True, False
+    name, optional, in_lineage, needs = "boot", True, False, ("install",)
 
     def key(self, ctx: BuildContext) -> str | None:
         if not ctx.spec.snapshot:
@@ -126,7 +60,7 @@ class BootStage:
 
 
 class ProvisionStage:
-    name, optional, in_lineage = "provision", False, True
+    name, optional, in_lineage, needs = "provision", False, True, ("install", "boot")
 
     def key(self, ctx: BuildContext) -> str:
         return ctx.keys.provision
@@ -141,7 +75,7 @@ class ProvisionStage:
 
 
 class FinalStage:
-    name, optional, in_lineage = "final", False, True
+    name, optional, in_lineage, needs = "final", False, True, ("provision",)
 
     def key(self, ctx: BuildContext) -> str:
         return ctx.keys.final

@@ -83,6 +83,13 @@ def qemu_binary(arch: str) -> str:
 
 
 def build_argv(cfg: VmConfig) -> list[str]:
+    """The QEMU command line for `cfg`, a pure function of it (nothing is started).
+
+    Headless, with QMP, the guest agent channel (`org.qemu.guest_agent.0`), the serial
+    console and the pid file at the runtime files' paths; `-cpu host` under KVM/HVF,
+    `max` under TCG; user-mode networking with an SSH forward on 127.0.0.1 when
+    `cfg.ssh_forward` is set. Raises KeyError for an architecture without a machine type.
+    """
     rt = cfg.runtime
     cpu = "host" if cfg.accel in ("kvm", "hvf") else "max"
     argv = [

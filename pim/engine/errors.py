@@ -110,3 +110,7 @@ class InstallerFailed(BuildError):
 
 class ProvisionError(BuildError):
     """A provisioning step failed."""
+
+
+class LoginRefused(ProvisionError):
+    """The guest's sshd answers but refuses the build's credentials: waiting cannot help."""

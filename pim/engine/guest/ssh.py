@@ -14,8 +14,9 @@ from typing import Callable
 
 import paramiko
 
-from pim.engine.errors import ProvisionError
+from pim.engine.errors import LoginRefused, ProvisionError, WaitAborted, WaitTimeout
 from pim.engine.events import Emitter
+from pim.engine.wait import until
 
 TAIL_LINES = 40
 POLL = 1.0  # seconds a channel read waits before the loop looks again
@@ -55,20 +56,32 @@ class Session:
         self.client: paramiko.SSHClient | None = None
 
     def wait(self, timeout: float, alive: Callable[[], bool]) -> float:
-        """Connect, retrying until timeout; returns seconds waited. alive() false aborts."""
+        """Connect, retrying every 2 s until `timeout` seconds; returns the seconds waited.
+
+        Raises ProvisionError when `alive()` turns false (the VM stopped), when the
+        timeout passes (with the last connection error), and at once when sshd answers
+        but refuses the build key (LoginRefused): that does not change by waiting.
+        """
         start = time.monotonic()
-        last_error = "no attempt"
-        while True:
-            if not alive():
-                raise ProvisionError(f"the VM stopped while waiting for SSH ({last_error})")
+
+        def connected() -> bool:
             try:
                 self._connect()
-                return time.monotonic() - start
-            except (paramiko.SSHException, OSError, EOFError) as e:
-                last_error = f"{type(e).__name__}: {e}"
-            if time.monotonic() - start > timeout:
-                raise ProvisionError(f"SSH did not come up within {timeout:.0f}s (last error: {last_error})")
-            time.sleep(2.0)
+            except paramiko.AuthenticationException as e:
+                how = "the build key and ssh.password were" if self.password else "the build key was"
+                raise LoginRefused(
+                    f"sshd in the guest is up but {how} refused for user {self.user!r} ({e}): the answer file "
+                    "must authorize {{ ssh_public_key }} for ssh.user (or set ssh.password)") from None
+            return True
+
+        try:
+            until(connected, what=f"SSH on 127.0.0.1:{self.port}", timeout=timeout, interval=2.0, alive=alive,
+                  ignore=(paramiko.SSHException, OSError, EOFError))
+        except WaitAborted as e:
+            raise ProvisionError(f"the VM stopped while waiting for SSH ({_last(e)})") from None
+        except WaitTimeout as e:
+            raise ProvisionError(f"SSH did not come up within {timeout:.0f}s (last error: {_last(e)})") from None
+        return time.monotonic() - start
 
     def _connect(self) -> None:
         self.close()
@@ -152,3 +165,8 @@ class Session:
 def script_command(path: str, env: dict[str, str]) -> str:
     exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(env.items()))
     return f"{exports}chmod +x {path} && {path}; rc=$?; rm -f {path}; exit $rc"
+
+
+def _last(e: BaseException) -> str:
+    cause = e.__cause__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else "no attempt"

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from pim.engine.errors import PimError
+from pim.engine.errors import LoginRefused, PimError
 from pim.engine.pipeline import keys as keymod
 from pim.engine.pipeline.context import BuildContext
 from pim.engine.pipeline.stage import DISK, Stage, StageOutput, StageResult, StageSkipped, allocated, build_key
@@ -53,6 +53,8 @@ class BootStage:
         started = time.monotonic()
         try:
             facts = snapshot(ctx, install.path, staging, build_key(install))
+        except LoginRefused:
+            raise  # provisioning would be refused the same way
         except PimError as e:  # an interrupt is no PimError: it ends the build
             raise StageSkipped(f"no booted snapshot ({e}); provisioning boots the guest instead") from e
         facts["seconds"] = round(time.monotonic() - started, 1)

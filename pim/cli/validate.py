@@ -18,7 +18,10 @@ def validate(config: Path = ConfigOpt) -> None:
 
     try:
         cfg = load_config(config)
-        problems = [p for name in sorted(cfg.images) for p in check_answers(cfg, name)]
+        notes: list[str] = []
+        problems = [p for name in sorted(cfg.images) for p in check_answers(cfg, name, notes)]
+        for note in notes:  # which checks ran and how; warnings
+            typer.echo(note, err=True)
         if problems:
             raise SpecError(str(config), problems)
     except PimError as e:

@@ -219,6 +219,15 @@ def test_preseed_late_command_set_twice_drops_the_key(tmp_path: Path) -> None:
         "password the answer file gives user 'root'")
 
 
+def test_pim_validate_warns_about_the_question_set_twice(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, {"family": "debian", "template": "preseed.cfg"}, {"preseed.cfg": PRESEED},
+                              ssh={"password": "pw-set-by-preseed"}))
+    notes: list[str] = []
+    assert check_answers(cfg, "web", notes) == []
+    assert ("warning: images.web: preseed.cfg: preseed/late_command is set on lines 3, 5; only line 5 counts"
+            in notes)
+
+
 def test_the_build_refuses_it_before_any_vm(tmp_path: Path) -> None:
     # prepare() is what the install stage calls before QEMU starts.
     cfg = load_config(_config(tmp_path, {"family": "debian", "template": "preseed.cfg"}, {"preseed.cfg": PRESEED}))

@@ -23,7 +23,7 @@ def test_default_templates_pass_their_installers_checks(family: str, case: dict)
         report = v.check(family, files, kickstart_version=version)
         assert report.problems == [], version
     if family == "ubuntu" and v.SCHEMA_PATH.is_file():
-        assert report.notes == []
+        assert report.notes == [f"autoinstall checked against subiquity's JSON schema ({v.SCHEMA_PATH})"]
 
 
 def test_schema_is_read_from_shared_data_beside_the_repository() -> None:
@@ -168,5 +168,27 @@ def test_without_the_schema_the_documented_rules_apply(tmp_path: Path) -> None:
         "autoinstall.shutdown: must be 'reboot' or 'poweroff' (full schema not available)",
         "autoinstall.frobnicate: unknown key (subiquity ignores it in version 1 and rejects it in later versions)",
     ]
-    assert "schema not available" in report.notes[0]
+    assert report.notes[0].startswith("autoinstall checked against PIM's own rules for the documented keys: "
+                                      "subiquity's JSON schema not available (")
+    assert report.notes[0].endswith(f"set {v.SCHEMA_ENV} to its path")
     assert v.check("ubuntu", good_user_data(), schema_path=tmp_path / "absent.json").problems == []
+
+
+def test_schema_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"version": {"const": 1}, "identity": {}, '
+                      '"shutdown": {"enum": ["reboot"]}}, "additionalProperties": false}')
+    monkeypatch.setenv(v.SCHEMA_ENV, str(schema))
+    report = v.check("ubuntu", good_user_data())
+    assert report.notes == [f"autoinstall checked against subiquity's JSON schema ({schema})"]
+    assert report.problems and all(p.startswith("autoinstall") for p in report.problems)
+
+
+def test_preseed_question_set_twice_is_a_warning_with_both_lines() -> None:
+    text = ("d-i debian-installer/locale string en_US.UTF-8\n"
+            "d-i preseed/late_command string echo one\n"
+            "d-i clock-setup/utc boolean true\n"
+            "d-i preseed/late_command string echo two\n")
+    report = v.check("debian", text)
+    assert report.problems == []
+    assert report.warnings == ["preseed.cfg: preseed/late_command is set on lines 2, 4; only line 4 counts"]

@@ -190,10 +190,16 @@ _PLACEHOLDER_URL = "http://10.0.2.2:8000/validate/"
 _PLACEHOLDER_VOLUME = "PIM-VALIDATE"
 
 
-def check_answers(cfg: Config, image: str) -> list[Problem]:
+def check_answers(cfg: Config, image: str, notes: list[str] | None = None) -> list[Problem]:
     """Render an image's answer files, boot parameters and boot command as a build
     would (placeholder key, URLs and ports) and check the answer files with the
-    installer's own tooling (debconf, pykickstart, subiquity's schema)."""
+    installer's own tooling (debconf, pykickstart, subiquity's schema).
+
+    `notes`, when given, receives lines starting "note: " (what was checked how: the
+    kickstart syntax version and where it came from, subiquity's schema or PIM's rules;
+    what this host could not check) and "warning: " (accepted, but likely a mistake:
+    a preseed question set twice).
+    """
     from pim.engine.pipeline.context import hostname_for
 
     spec = cfg.image(image)
@@ -214,7 +220,35 @@ def check_answers(cfg: Config, image: str) -> list[Problem]:
 
         rendered = {k: v for k, v in prepared.files.items() if isinstance(v, bytes)}
         secrets = [variables["ssh_password"]] if variables.get("ssh_password") else []
-        problems += [Problem(f"{where}.installer", p)
-                     for p in check(spec.installer.family.value, rendered, secrets=secrets).problems]
+        options = {}
+        said = notes if notes is not None else []
+        if spec.installer.family == Family.kickstart:
+            options["kickstart_version"], origin = kickstart_version(spec, iso)
+            said.append(f"note: {where}: kickstart checked as {options['kickstart_version']} ({origin})")
+        report = check(spec.installer.family.value, rendered, secrets=secrets, **options)
+        problems += [Problem(f"{where}.installer", p) for p in report.problems]
+        said += [f"note: {where}: {note}" for note in report.notes]
+        said += [f"warning: {where}: {warning}" for warning in report.warnings]
     login = login_problem(spec, prepared)
     return problems + ([Problem(f"{where}.{login.path}", login.message)] if login else [])
+
+
+def kickstart_version(spec: ImageSpec, iso: Path | None) -> tuple[str, str]:
+    """(pykickstart syntax version, where it came from): `installer.kickstart_version`,
+    else the ISO's `.treeinfo`, else validate.DEFAULT_KICKSTART_VERSION."""
+    from pim.engine.installers.validate import DEFAULT_KICKSTART_VERSION, kickstart_version_from_treeinfo
+
+    if spec.installer.kickstart_version:
+        return spec.installer.kickstart_version, "installer.kickstart_version"
+    if iso is not None:
+        from pim.engine.source.iso import read_text
+
+        try:
+            treeinfo = read_text(iso, "/.treeinfo")
+        except InputError:
+            treeinfo = None
+        version = kickstart_version_from_treeinfo(treeinfo) if treeinfo else None
+        if version:
+            return version, "the ISO's .treeinfo"
+    return DEFAULT_KICKSTART_VERSION, ("the default; set installer.kickstart_version or use a local ISO with a "
+                                       ".treeinfo to check for another release")

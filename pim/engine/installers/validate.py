@@ -14,6 +14,7 @@ since validators quote the lines they reject.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import warnings
@@ -26,6 +27,7 @@ from pim.engine.events import Secrets
 from pim.engine.installers.families import get
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "subiquity-autoinstall-schema.json"
+SCHEMA_ENV = "PIM_AUTOINSTALL_SCHEMA"  # path of subiquity's autoinstall JSON schema, where the user has it
 DEFAULT_KICKSTART_VERSION = "RHEL9"
 # debconf-set-selections' own lists, for hosts without it.
 _DEBCONF_TYPES = {"select", "boolean", "string", "multiselect", "note", "password", "text", "title", "seen"}
@@ -34,7 +36,8 @@ _DEBCONF_TYPES = {"select", "boolean", "string", "multiselect", "note", "passwor
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what could not be checked, and why
+    notes: list[str] = field(default_factory=list)  # what was checked how; what could not be, and why
+    warnings: list[str] = field(default_factory=list)  # accepted, but likely not what the author meant
 
 
 def validate(family: str, rendered: str | Mapping[str, bytes | str], **options: Any) -> list[str]:
@@ -56,10 +59,16 @@ def check(family: str, rendered: str | Mapping[str, bytes | str], *, secrets: It
     elif family == "kickstart":
         _kickstart(texts[fam.answer_name], fam.answer_name, kickstart_version, report)
     else:
-        _autoinstall(texts, schema_path or SCHEMA_PATH, report)
+        _autoinstall(texts, schema_path or _schema_path(), report)
     masked = Secrets(secrets, min_length=1, live=False)
     report.problems = [masked.redact(problem) for problem in report.problems]
     return report
+
+
+def _schema_path() -> Path:
+    # subiquity's licence keeps its schema out of the project: users point at their copy.
+    override = os.environ.get(SCHEMA_ENV)
+    return Path(override) if override else SCHEMA_PATH
 
 
 # --- preseed -------------------------------------------------------------------
@@ -78,6 +87,10 @@ def _preseed(text: str, name: str, report: Report) -> None:
     else:
         report.notes.append("debconf-set-selections not found (package debconf): preseed format checked "
                             "with PIM's copy of its rules only")
+    for question, settings in preseed_answers(text).items():
+        if len(settings) > 1:  # d-i keeps the last answer only
+            lines = ", ".join(str(line) for line, _ in settings)
+            report.warnings.append(f"{name}: {question} is set on lines {lines}; only line {settings[-1][0]} counts")
     for lineno, entry in _preseed_lines(text):
         if entry is None:
             if tool is None:
@@ -185,6 +198,28 @@ def _kickstart(text: str, name: str, version: str, report: Report) -> None:
 _SECTIONS = {0: "pre", 1: "post", 2: "traceback", 3: "pre-install", 4: "onerror"}  # pykickstart.constants
 
 
+def kickstart_version_from_treeinfo(text: str) -> str | None:
+    """pykickstart's syntax version for the release a `.treeinfo` describes, or None.
+
+    Reads `[release] name/version` (treeinfo 1.x) or `[general] family/version`:
+    Fedora N -> FN; RHEL and its rebuilds (Rocky, Alma, CentOS Stream, Oracle) N -> RHELN.
+    """
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(text)
+    except configparser.Error:
+        return None
+    for section, name_key in (("release", "name"), ("general", "family")):
+        name = parser.get(section, name_key, fallback="")
+        version = parser.get(section, "version", fallback="")
+        major = re.match(r"\d+", version)
+        if name and major:
+            return f"F{major[0]}" if "fedora" in name.lower() else f"RHEL{major[0]}"
+    return None
+
+
 def _ks_problem(name: str, error: Exception, line: str) -> str:
     where = f"line {error.lineno}: " if getattr(error, "lineno", None) else ""
     words = line.split()
@@ -262,6 +297,7 @@ def _autoinstall(texts: Mapping[str, str], schema_path: Path, report: Report) ->
             if isinstance(command, str):  # subiquity runs these with sh -c; lists are argv
                 _shell(command, f"autoinstall.{key}.{index}", report)
     if schema is not None:
+        report.notes.append(f"autoinstall checked against subiquity's JSON schema ({schema_path})")
         _schema_problems(auto, schema, report)
     else:
         _required_problems(auto, report)
@@ -276,8 +312,8 @@ def _load_schema(path: Path, report: Report) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        report.notes.append(f"subiquity's autoinstall schema not available ({path}: {e}); "
-                            "checked only the documented required keys and types")
+        report.notes.append(f"autoinstall checked against PIM's own rules for the documented keys: subiquity's "
+                            f"JSON schema not available ({path}: {e}); set {SCHEMA_ENV} to its path")
         return None
 
 

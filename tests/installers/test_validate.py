@@ -192,3 +192,16 @@ def test_preseed_question_set_twice_is_a_warning_with_both_lines() -> None:
     report = v.check("debian", text)
     assert report.problems == []
     assert report.warnings == ["preseed.cfg: preseed/late_command is set on lines 2, 4; only line 4 counts"]
+
+
+def test_kickstart_scripts_checked_with_their_interpreter() -> None:
+    base = good_kickstart()
+    bash_only = base + "%pre --interpreter=/bin/bash\ndisks=(/dev/vd?)\necho ${#disks[@]}\n%end\n"
+    assert v.validate("kickstart", bash_only) == []
+    python = base + "%post --interpreter=/usr/bin/python3\nimport os\nif True print(os.sep)\n%end\n"
+    [problem] = v.validate("kickstart", python)
+    line = python.splitlines().index("%post --interpreter=/usr/bin/python3") + 1
+    assert problem.startswith(f"ks.cfg: line {line}: %post: python syntax: line 2: ")  # wording is Python's
+    other = base + "%post --interpreter=/usr/bin/perl\nprint 1;\n%end\n"
+    report = v.check("kickstart", other)
+    assert report.problems == [] and any("interpreter /usr/bin/perl not checked" in n for n in report.notes)

@@ -190,9 +190,16 @@ def _kickstart(text: str, name: str, version: str, report: Report) -> None:
             report.problems.append(f"{name}: {w.category.__name__}: {_one_line(w.message)}")
     for script in getattr(parser.handler, "scripts", []):
         # Checked with the interpreter anaconda runs it with (/bin/sh is bash there, too).
+        where = f"{name}: line {script.lineno}: %{_SECTIONS.get(script.type, 'script')}"
         if script.interp in ("/bin/sh", "/bin/bash", "/usr/bin/bash", "/usr/bin/sh"):
-            _shell(script.script, f"{name}: line {script.lineno}: %{_SECTIONS.get(script.type, 'script')}",
-                   report, shell="bash")
+            _shell(script.script, where, report, shell="bash")
+        elif re.fullmatch(r"/usr/(?:libexec/platform-)?(?:bin/)?python3?(?:\.\d+)?", script.interp or ""):
+            try:  # compiled, never run
+                compile(script.script, where, "exec")
+            except SyntaxError as e:
+                report.problems.append(f"{where}: python syntax: line {e.lineno}: {e.msg}")
+        else:
+            report.notes.append(f"{where}: interpreter {script.interp} not checked")
 
 
 _SECTIONS = {0: "pre", 1: "post", 2: "traceback", 3: "pre-install", 4: "onerror"}  # pykickstart.constants

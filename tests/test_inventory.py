@@ -173,3 +173,44 @@ def test_leftovers_of_dead_builds_are_cleaned(store: Store) -> None:
     (alive / "owner").write_text(str(os.getppid()))
     assert store.clean_leftovers() == [dead]
     assert alive.exists() and not dead.exists()
+
+
+def test_an_object_built_on_a_replaced_object_is_stale(tmp_path: Path) -> None:
+    """A provision overlay reads its boot snapshot's disk through a backing path: once
+    that object is rebuilt under the same key, the overlay is no longer usable."""
+    import contextlib
+
+    from pim.engine.pipeline.build import _usable
+
+    store = Store(tmp_path)
+    _publish(store, _stage("install", K["1"]))
+    _publish(store, _stage("boot", K["5"], install=K["1"]))
+    boot_id = store.manifest(K["5"]).id
+    m = _stage("provision", K["7"], boot=K["5"]).model_copy(update={"uses_ids": {"boot": boot_id}})
+    _publish(store, m)
+    with contextlib.ExitStack() as held:
+        assert _usable(store, K["7"], held)
+    store.set_aside(K["5"])
+    _publish(store, _stage("boot", K["5"], install=K["1"]))
+    assert store.manifest(K["5"]).id != boot_id
+    with contextlib.ExitStack() as held:
+        assert not _usable(store, K["7"], held)
+        assert _usable(store, K["5"], held)
+
+
+def test_removal_never_leaves_a_half_deleted_object(store: Store) -> None:
+    store.remove(K["2"])
+    assert not store.object(K["2"]).exists()
+    assert not [p for p in (store.root / "tmp").iterdir() if p.name.startswith("removed-")]
+    # an object folder without its seal (a removal interrupted by an older release)
+    # does not block a new publish of its key
+    store.object(K["9"]).mkdir()
+    (store.object(K["9"]) / "disk.qcow2").write_text("half")
+    store.set_aside(K["9"])
+    _publish(store, _stage("install", K["9"]))
+    assert store.has(K["9"])
+
+
+def test_a_relative_store_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Store(Path("cache")).root == tmp_path / "cache"

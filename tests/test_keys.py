@@ -36,7 +36,13 @@ def _keys(tmp_path: Path, image: dict, files: dict[str, str], iso_sha: str = "a"
     cfg = load_config(write_config(tmp_path / "cfg", {"img": image}, files))
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
-    return stage_keys(cfg, cfg.image("img"), iso_sha, cache, "img").as_dict()
+    return stage_keys(cfg, cfg.image("img"), iso_sha, cache, "img", compression=_compression(image)).as_dict()
+
+
+def _compression(image: dict) -> str:
+    """What "auto" resolves to on a host with zstd; explicit values stay."""
+    value = image.get("output", {}).get("compression", "auto")
+    return "zstd" if value == "auto" else value
 
 
 def _set(image: dict, dotted: str, value: object) -> dict:
@@ -65,6 +71,7 @@ SPEC_CHANGES = [
     ("memory", "4G", set()),
     ("accel", "tcg", set()),
     ("installer.timeout", "2h", set()),
+    ("installer.boot.command_delay", 30, set()),
     ("ssh.timeout", "1h", set()),
 ]
 
@@ -91,10 +98,21 @@ def test_file_content_changes_exactly_its_stages(tmp_path: Path, name: str, expe
     assert {s for s in ALL if before[s] != after[s]} == expected
 
 
+def test_auto_compression_is_keyed_as_what_it_resolves_to(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path / "cfg", {"img": BASE}, FILES))
+    (tmp_path / "cache").mkdir()
+    zstd, zlib = (stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", "img", compression=c)
+                  for c in ("zstd", "zlib"))
+    assert (zstd.install, zstd.provision) == (zlib.install, zlib.provision) and zstd.final != zlib.final
+    explicit = load_config(write_config(tmp_path / "cfg2", {"img": _set(BASE, "output.compression", "zstd")}, FILES))
+    assert stage_keys(explicit, explicit.image("img"), "a" * 64, tmp_path / "cache", "img",
+                      compression="zstd").final == zstd.final
+
+
 def test_the_image_name_is_the_guest_host_name_so_it_changes_everything(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path / "cfg", {"img": BASE}, FILES))
     (tmp_path / "cache").mkdir()
-    web, db = (stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", h).as_dict() for h in ("web", "db"))
+    web, db = (stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", h, compression="zstd").as_dict() for h in ("web", "db"))
     assert all(web[s] != db[s] for s in ALL)
 
 
@@ -183,4 +201,4 @@ def test_a_missing_script_is_an_input_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "cfg" / "setup.sh").unlink()
     (tmp_path / "cache").mkdir()
     with pytest.raises(InputError, match="setup.sh"):
-        stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", "img")
+        stage_keys(cfg, cfg.image("img"), "a" * 64, tmp_path / "cache", "img", compression="zstd")

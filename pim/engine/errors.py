@@ -104,6 +104,10 @@ class VMError(BuildError):
     """QEMU could not be started, controlled or stopped."""
 
 
+class ResumeFailed(VMError):
+    """A saved machine state (the boot snapshot) did not load; booting the disk still can."""
+
+
 class InstallerFailed(BuildError):
     """The installer printed a known failure line or ran past its deadline."""
 

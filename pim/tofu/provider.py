@@ -230,11 +230,14 @@ class DeploymentResource(Resource):
 
     def _image(self, values: dict[str, Any], required: bool) -> Any:
         from pim.engine.deploy.model import BuiltImage
+        from pim.engine.store.manifest import ManifestError
 
         store, key = _store(), values["image_key"]
         if store.has(key):
-            manifest = store.manifest(key)
-            return BuiltImage.from_manifest(manifest, store.object(key) / "disk.qcow2")
+            try:
+                return BuiltImage.from_manifest(store.manifest(key), store.object(key) / "disk.qcow2")
+            except ManifestError:
+                pass  # unreadable: as good as gone; destroying or reading a deployment needs only its key
         if required:
             raise Diag(f"the build {key[:16]} of image {values['image']!r} is not in PIM's cache",
                        "Its pim_image resource builds it: refresh and apply.", "image_key")

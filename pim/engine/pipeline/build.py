@@ -9,6 +9,7 @@ Entry points (all take the `Store` the front end chose; none reads the environme
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from pim.engine.config.spec import Config, ImageSpec
 from pim.engine.errors import InputError
 from pim.engine.events import Emitter
 from pim.engine.pipeline import keys as keymod
-from pim.engine.pipeline.context import BuildContext, hostname_for
+from pim.engine.pipeline.context import BuildContext
 from pim.engine.pipeline.stage import Stage, StageOutput, StageSkipped
 from pim.engine.pipeline.stages import STAGES
 from pim.engine.source.fetch import resolve_iso
@@ -73,6 +74,13 @@ def _iso_sha(cfg: Config, spec: ImageSpec, store: Store) -> str:
     return resolve_iso(spec.source, cfg.base_dir, store.root, Emitter())[1]
 
 
+def _keys(cfg: Config, spec: ImageSpec, name: str, iso_sha: str, store: Store) -> keymod.StageKeys:
+    from pim.engine.qemu import img
+
+    compression = img.resolve_compression(spec.output.compression.value)
+    return keymod.stage_keys(cfg, spec, iso_sha, store.root, name, compression=compression)
+
+
 def content_keys(cfg: Config, name: str, store: Store) -> dict[str, str]:
     """{"install", "provision", "final": key} of an image without building or downloading.
 
@@ -81,7 +89,7 @@ def content_keys(cfg: Config, name: str, store: Store) -> dict[str, str]:
     Raises InputError (unknown image, unreadable file).
     """
     spec = cfg.image(name)
-    return keymod.stage_keys(cfg, spec, _iso_sha(cfg, spec, store), store.root, hostname_for(name)).as_dict()
+    return _keys(cfg, spec, name, _iso_sha(cfg, spec, store), store).as_dict()
 
 
 def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:
@@ -106,21 +114,23 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     events = events or Emitter()
     spec = cfg.image(name)
     iso, iso_sha = resolve_iso(spec.source, cfg.base_dir, store.root, events)
-    keys = keymod.stage_keys(cfg, spec, iso_sha, store.root, hostname_for(name))
-    if not force and store.has(keys.final):
-        events.emit("stage-end", "final", "cache hit", cached=True, key=keys.final)
-        return _result(store, name, keys.final, cached=True)
+    keys = _keys(cfg, spec, name, iso_sha, store)
     # No lock is held here: each stage takes its own key's lock in the loop and looks
     # again once it has it, so a concurrent build of the same image waits there and
-    # then finds the stages published.
+    # then finds the stages published. Leases are held until the ref is written, so
+    # gc never sees a new image unreferenced.
     with contextlib.ExitStack() as held:
+        held.enter_context(store.lease(keys.final))
+        if not force and _usable(store, keys.final, held):
+            events.emit("stage-end", "final", "cache hit", cached=True, key=keys.final)
+            return _result(store, name, keys.final, cached=True)
         held.enter_context(store.lease(f"iso-{iso_sha}"))
         verdict = accelmod.choose(spec.arch.value, spec.accel.value)
         events.log(None, f"accelerator: {verdict.accel} ({verdict.reason})")
         work = held.enter_context(store.workdir(name))
         ctx = BuildContext(cfg, spec, name, store, events, iso, iso_sha, keys, verdict.accel, work, builder)
         outputs = run_stages(ctx, held, force)
-    return _result(store, name, keys.final, cached=outputs["final"].cached)
+        return _result(store, name, keys.final, cached=outputs["final"].cached)
 
 
 def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tuple[Stage, str, bool]]:
@@ -129,6 +139,8 @@ def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tu
     Starting from the final stage, a stage that is not cached brings in the stages it
     needs (`Stage.needs`); a cached one needs nothing more. Every object named here is
     leased, with everything it is built on, before anything is decided about it.
+    With `force` nothing counts as cached (and nothing is removed: a rebuilt object
+    replaces the old one only once it is published).
     """
     store, by_name, planned = ctx.store, {s.name: s for s in STAGES}, {}
 
@@ -139,8 +151,6 @@ def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tu
         key = stage.key(ctx)
         if key is None:
             return
-        if force and store.has(key):
-            store.remove(key)
         held.enter_context(store.lease(key))
         planned[name] = (stage, key, not force and _usable(store, key, held))
         if not planned[name][2]:
@@ -152,17 +162,21 @@ def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tu
 
 
 def _usable(store: Store, key: str, held: contextlib.ExitStack) -> bool:
-    """True when object `key` and every object it uses are published; leases them all."""
+    """True when object `key` and every object it uses are published, and those are the
+    very objects it was built on (a rebuilt backing object has a new `id`, and an
+    overlay on the old one would read wrong bytes). Leases them all."""
     if not store.has(key):
         return False
     try:
-        used = store.manifest(key).uses.values()
+        m = store.manifest(key)
+        for stage, dep in m.uses.items():
+            held.enter_context(store.lease(dep))
+            if not _usable(store, dep, held):
+                return False
+            if stage in m.uses_ids and store.manifest(dep).id != m.uses_ids[stage]:
+                return False
     except manifests.ManifestError:
         return False
-    for dep in used:
-        held.enter_context(store.lease(dep))
-        if not _usable(store, dep, held):
-            return False
     return True
 
 
@@ -180,11 +194,14 @@ def run_stages(ctx: BuildContext, held: contextlib.ExitStack, force: bool = Fals
             cached = cached or (not force and _usable(store, key, held))  # a concurrent build made it meanwhile
             events.emit("stage-begin", stage.name, key=key, cached=cached)
             if not cached:
+                if store.object(key).exists():  # stale (built on replaced objects) or forced
+                    store.set_aside(key)
                 try:
                     _run_one(ctx, stage, key, outputs, lineage)
                 except StageSkipped as e:
                     if not stage.optional:
                         raise
+                    shutil.rmtree(ctx.work / f"{stage.name}-out", ignore_errors=True)
                     events.warning(stage.name, str(e))
                     events.emit("stage-end", stage.name, "skipped", key=key, cached=False)
                     continue
@@ -213,7 +230,7 @@ def _run_one(ctx: BuildContext, stage: Stage, key: str, inputs: dict[str, StageO
     facts = ctx.events.redact_json(result.facts)
     ctx.store.publish(staging, Manifest(
         stage=stage.name, image=ctx.name, key=key, created=manifests.now(), iso=ctx.iso_sha256,
-        uses=result.uses, lineage=own, facts=facts, stages={**stages, stage.name: facts}, artifact=result.artifact,
+        uses=result.uses, uses_ids={s: inputs[s].manifest.id for s in result.uses if s in inputs}, lineage=own, facts=facts, stages={**stages, stage.name: facts}, artifact=result.artifact,
         **result.extra,
     ))
 

@@ -4,13 +4,14 @@ The one place where stage keys are computed:
 
 install   ISO sha256, arch, firmware, disk size, family and its built-in templates
           and boot parameters, answer template + vars + served files, the spec's
-          boot, the build VM's host name, SSH user and (keyed hash of the) password
+          boot (not the typing delay), the image name, SSH user and (keyed hash of
+          the) password
 boot      install key + the machine the saved state restores into (arch, firmware,
           CPUs, memory, accelerator, QEMU version); it never changes the image's
           bytes, so no later key depends on it
 provision install key + env + every step (script and upload contents, env, order)
           + finalize options + the text PIM writes into the guest (`guestfiles`)
-final     provision key + output options
+final     provision key + output options (compression as resolved on this host)
 
 Everything that can change an image's bytes is hashed as content. Each stage also
 hashes a version in STAGE_VERSIONS, bumped only for a change of behaviour that is
@@ -94,10 +95,11 @@ def family_digests(family: str) -> dict[str, Any]:
     }
 
 
-def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, hostname: str) -> dict[str, Any]:
+def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, image: str) -> dict[str, Any]:
     """What the install stage's key hashes (JSON-able; the password only as a keyed hash).
 
-    `hostname` is the build VM's host name, which the installer writes into the guest.
+    `image` is the image's name: templates get it as {{ image }} and, made a host
+    name, as {{ hostname }}, which the installer writes into the guest.
     """
     inst = spec.installer
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
@@ -119,8 +121,9 @@ def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, h
         **({"answer_file": file_digest(cfg.path(inst.answer_file))} if inst.answer_file else {}),
         **({"template_files": {name: file_digest(cfg.path(p)) for name, p in inst.template_files.items()}}
            if inst.template_files else {}),
-        "boot": inst.boot.model_dump(mode="json") if inst.boot else None,
-        "hostname": hostname,
+        # How long to wait before typing changes no byte the installer writes.
+        "boot": inst.boot.model_dump(mode="json", exclude={"command_delay"}) if inst.boot else None,
+        "image": image,
         "ssh_user": spec.ssh.user,
         "ssh_password": secret_digest(password, cache) if password else None,
     }
@@ -177,13 +180,14 @@ def provision_inputs(cfg: Config, spec: ImageSpec, install_key: str) -> dict[str
     }
 
 
-def final_inputs(spec: ImageSpec, provision_key: str) -> dict[str, Any]:
-    """What the final stage's key hashes."""
+def final_inputs(spec: ImageSpec, provision_key: str, compression: str) -> dict[str, Any]:
+    """What the final stage's key hashes. `compression` is the one the artifact gets
+    (`output.compression` with "auto" resolved on this host: zstd or zlib)."""
     return {
         "stage": "final",
         "version": STAGE_VERSIONS["final"],
         "provision": provision_key,
-        "output": spec.output.model_dump(mode="json"),
+        "output": {**spec.output.model_dump(mode="json"), "compression": compression},
     }
 
 
@@ -199,16 +203,18 @@ class StageKeys:
         return {"install": self.install, "provision": self.provision, "final": self.final}
 
 
-def stage_keys(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, hostname: str) -> StageKeys:
-    """The install, provision and final keys of `spec` built from an ISO with `iso_sha256`.
+def stage_keys(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, image: str, *,
+               compression: str) -> StageKeys:
+    """The install, provision and final keys of image `image` (its spec `spec`) built
+    from an ISO with `iso_sha256`.
 
     `cache` is the store root (it holds the salt for the password's keyed hash);
-    `hostname` the build VM's host name (`context.hostname_for(image)`).
+    `compression` the artifact's resolved compression (see `final_inputs`).
     Raises InputError when a file the keys hash cannot be read.
     """
-    install = digest(install_inputs(cfg, spec, iso_sha256, cache, hostname))
+    install = digest(install_inputs(cfg, spec, iso_sha256, cache, image))
     provision = digest(provision_inputs(cfg, spec, install))
-    final = digest(final_inputs(spec, provision))
+    final = digest(final_inputs(spec, provision, compression))
     return StageKeys(install, provision, final)
 
 

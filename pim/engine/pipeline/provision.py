@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pim.engine.guest.console import ConsoleWatcher
 from pim.engine.pipeline.boot import resume_uri, wait_resumed
-from pim.engine.errors import ProvisionError, VMError
+from pim.engine.errors import ProvisionError, ResumeFailed, VMError, WaitAborted, WaitTimeout
 from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
@@ -27,8 +27,9 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
     machine state when it has one; then generalize and shut the guest down.
 
     Returns facts for the manifest (seconds, per-step seconds, how QEMU stopped).
-    Raises ProvisionError for a failed step (name, exit status, output tail) and
-    VMError when the guest cannot be started or resumed.
+    Raises ProvisionError for a failed step (name, exit status, output tail),
+    ResumeFailed when base's saved state does not load, VMError when the guest
+    cannot be started.
     """
     spec, events = ctx.spec, ctx.events
     img.create(disk, spec.disk_size, backing=base / "disk.qcow2")
@@ -45,7 +46,10 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
         try:
             if incoming:
-                loaded = wait_resumed(vm)
+                try:
+                    loaded = wait_resumed(vm)
+                except (VMError, WaitTimeout, WaitAborted) as e:
+                    raise ResumeFailed(f"the boot snapshot did not load ({e})") from e
                 events.log(STAGE, f"resumed the booted guest in {loaded:.1f}s")
                 _sync_clock(vm)
             waited = session.wait(spec.ssh.timeout, alive=lambda: vm.running)

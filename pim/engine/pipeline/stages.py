@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from pim.engine.errors import LoginRefused, PimError
+from pim.engine.errors import LoginRefused, PimError, ResumeFailed
 from pim.engine.pipeline import keys as keymod
 from pim.engine.pipeline.context import BuildContext
 from pim.engine.pipeline.stage import DISK, Stage, StageOutput, StageResult, StageSkipped, allocated, build_key
@@ -70,8 +70,19 @@ class ProvisionStage:
     def run(self, ctx: BuildContext, staging: Path, inputs: dict[str, StageOutput]) -> StageResult:
         from pim.engine.pipeline.provision import run_provision
 
-        base = inputs.get("boot") or inputs["install"]
-        facts = run_provision(ctx, base.path, staging / DISK, build_key(inputs["install"]))
+        base, install = inputs.get("boot") or inputs["install"], inputs["install"]
+        try:
+            facts = run_provision(ctx, base.path, staging / DISK, build_key(install))
+        except ResumeFailed as e:
+            if base is install:
+                raise
+            # The snapshot only saves time: a state that no longer loads (another
+            # host CPU, say) must not fail the build. Boot the installed disk instead.
+            ctx.events.warning(self.name, f"{e}; booting the installed system instead")
+            for leftover in staging.iterdir():
+                leftover.unlink()
+            base = install
+            facts = run_provision(ctx, base.path, staging / DISK, build_key(install))
         facts["allocated"] = allocated(staging / DISK)
         return StageResult(facts, uses={base.stage: base.key})
 

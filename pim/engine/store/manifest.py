@@ -61,8 +61,9 @@ class Manifest(BaseModel):
     """What one store object is and where it came from.
 
     `uses` maps the stage names of the objects this one is built on (its qcow2
-    backing chain, its saved machine state) to their keys: an object must not be
-    removed while anything that uses it is kept. `lineage` holds every stage key up
+    backing chain, its saved machine state) to their keys, `uses_ids` to the `id` of
+    the very objects it was built on: an object must not be removed while anything
+    that uses it is kept, and is stale once one of them was rebuilt. `lineage` holds every stage key up
     to this one; `iso` the installer's sha256; `stages` the facts (timings) of every
     stage of the build that made it, cached ones marked `cached`.
     """
@@ -74,9 +75,11 @@ class Manifest(BaseModel):
     stage: StageName
     image: str | None = None
     key: str
+    id: str = ""  # unique per published object: a rebuilt object under the same key has a new one
     created: str | None = None
     iso: str | None = None
     uses: dict[str, str] = Field(default_factory=dict)
+    uses_ids: dict[str, str] = Field(default_factory=dict)  # the `id` of each object in `uses`
     lineage: dict[str, StageRef] = Field(default_factory=dict)
     facts: dict[str, Any] = Field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # every stage's facts in the build that made it
@@ -112,8 +115,7 @@ def _migrate_v1(data: dict[str, Any], legacy_stage: bool) -> dict[str, Any]:
     lineage = dict(data.get("lineage", {}))
     iso = lineage.pop("iso", None)
     return {**data, "schema_version": 1, "stage": "final", "iso": iso, "lineage": lineage,
-            "facts": data.get("stages", {}).get("final", {}),
-            "uses": {"provision": lineage["provision"]["key"]} if "provision" in lineage else {}}
+            "facts": data.get("stages", {}).get("final", {})}  # a flattened image: it uses no object
 
 
 def read(folder: Path) -> Manifest:

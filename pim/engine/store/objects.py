@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,7 +42,7 @@ class Store:
     """
 
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # qcow2 backing paths into it must be absolute
         for sub in ("objects", "tmp", "locks", "leases", "refs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -121,6 +122,8 @@ class Store:
         first, its object stays and `staging` is removed.
         """
         key = manifest.key
+        if not manifest.id:
+            manifest = manifest.model_copy(update={"id": uuid.uuid4().hex})
         manifests.write(staging, manifest)
         (staging / "done").write_text(key)
         for f in staging.iterdir():
@@ -142,13 +145,26 @@ class Store:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise InUse(f"{key[:12]} is in use by a running build; it was kept") from None
-            target = self.object(key)
-            if target.exists():  # unseal first: a half-removed object never looks finished
-                (target / "done").unlink(missing_ok=True)
-                shutil.rmtree(target)
+            self._discard(key)
         for image, ref in self.refs().items():
             if ref == key:
                 (self.root / "refs" / f"{image}.json").unlink(missing_ok=True)
+
+    def set_aside(self, key: str) -> None:
+        """Take object `key` (published or half-removed) out of objects/ so a new one can
+        be published under its key. Call it holding `lock(key)`; a build that still has
+        the old object's files open keeps reading them."""
+        self._discard(key)
+
+    def _discard(self, key: str) -> None:
+        # Renamed first, then deleted: an interrupted removal leaves a folder in tmp/
+        # (cleaned by the next build), never a half-deleted object under objects/.
+        target = self.object(key)
+        if not target.exists():
+            return
+        aside = self.root / "tmp" / f"removed-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(target, aside)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def set_ref(self, image: str, key: str, extra: dict[str, Any]) -> None:
         """Record `key` as the newest build of `image`."""

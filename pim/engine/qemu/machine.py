@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -138,7 +139,9 @@ class Machine:
         try:
             if self.proc is not None and self.proc.poll() is None:
                 # Leaving on an error or an interrupt keeps nothing of the VM: no guest shutdown.
-                self.stop(graceful=0.0 if exc[0] is not None else 60.0)
+                # exc_info() covers a start that failed (__enter__ calls this while handling it).
+                failing = exc[0] is not None or sys.exc_info()[0] is not None
+                self.stop(graceful=0.0 if failing else 60.0)
         finally:
             if self.proc is not None and self.proc.poll() is None:  # stop() itself was interrupted
                 self.proc.kill()

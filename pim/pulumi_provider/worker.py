@@ -4,10 +4,13 @@ Why a child: a build must be stoppable. The engine gives a dynamic provider no
 deadline of its own (it sets none on the gRPC call, and the SDK's dynamic server
 drops CreateRequest.timeout), so `customTimeouts` reach the provider as an input
 and are enforced here: at the deadline the child gets SIGTERM, the engine's own
-cleanup stops QEMU and publishes nothing, and the call fails saying so. A child
-also stops with the provider (PR_SET_PDEATHSIG, set by the child itself so the
-parent can spawn it without fork handlers running in a gRPC server), so an
-interrupted `pulumi up` leaves no build behind.
+cleanup stops QEMU and publishes nothing, and the call fails saying so. Every way
+`pulumi up` can be stopped ends the same way, a SIGTERM or SIGINT the child turns
+into one orderly unwinding (pim.engine.interrupt): Ctrl-C or the engine stopping
+its plugins (SIGINT to the provider's process group; the provider, its server gone,
+then also SIGTERMs its workers), the provider dying (the parent-death signal, and
+the child watching its parent), the engine dying (the provider watches its own
+parent, stops its workers and exits). No build is left behind with parent 1.
 
 The protocol: the job as one JSON object on the child's stdin (secrets included:
 never argv, never the environment); JSON lines on its stdout, {"event": ...} for

@@ -28,20 +28,36 @@ from pydantic import (
 
 from pim.engine.deploy.spec import TargetSpec
 from pim.engine.errors import Problem, SpecError
-from pim.engine.config.units import parse_duration, parse_size
+from pim.engine.config.units import Duration, GuestPath, Size, matching
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+# A name the answer server serves a file under: one URL path segment, never "." or "..".
+SERVED_NAME_RE = r"^(?!\.{1,2}$)[A-Za-z0-9._-]+$"
+_SERVED_NAME_RULE = "letters, digits, '.', '_' and '-', and not '.' or '..'"
+_ServedName = matching(SERVED_NAME_RE, f"it is served as one URL path segment: {_SERVED_NAME_RULE}", "preseed.cfg")
 
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string", "examples": ["8G", "512M"]}]}),
-]
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "examples": ["30m", "90s"]}]}),
-]
+
+def _file_mode(value: object) -> str:
+    """A permission mode as chmod(1) reads an octal one: octal digits worth at most 07777.
+
+    GNU chmod takes any count of octal digits (mode_compile in gnulib's modechange.c,
+    "a numeric mode is from one to four octal digits"; leading zeros are allowed). An
+    integer from YAML is read the same way, so `mode: 600` and `mode: 0600` are both
+    rw-------. Returns four digits ("0600") so equal modes give equal cache keys.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a file mode: write octal digits as chmod takes them, e.g. '0644'")
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-7]+", text) or int(text, 8) > 0o7777:
+        hint = " (YAML reads 0o600 as the number 384: write 0600 or '0600')" if isinstance(value, int) else ""
+        raise ValueError(f"{value!r} is not a file mode: write up to four octal digits (0-7) as chmod takes "
+                         f"them, e.g. '0644' or '0755'{hint}")
+    return f"{int(text, 8):04o}"
+
+
+FileMode = Annotated[str, BeforeValidator(_file_mode),
+                     WithJsonSchema({"anyOf": [{"type": "string", "pattern": "^[0-7]+$"}, {"type": "integer"}],
+                                     "examples": ["0644", "0755"]})]
 
 
 class Arch(StrEnum):
@@ -141,8 +157,7 @@ class Installer(_Model):
     answer_file: str | None = Field(
         None, description="Answer file served byte for byte (never rendered), relative to the config file; "
                           "replaces the family's built-in; the alternative to template")
-    answer_name: str = Field("answer", pattern=r"^[A-Za-z0-9._-]+$",
-                             description="File name a custom answer file is served under")
+    answer_name: _ServedName = Field("answer", description="File name a custom answer file is served under")
     files: dict[str, str] = Field({}, description="Extra files served byte for byte beside the answer file: "
                                                   "name -> local path")
     template_files: dict[str, str] = Field({}, description="Extra files rendered as Jinja2 templates like the "
@@ -153,7 +168,7 @@ class Installer(_Model):
     timezone: str | None = Field(None, description="e.g. UTC, Europe/Paris")
     keyboard: str | None = Field(None, description="XKB layout, e.g. us")
     boot: Boot | None = Field(None, description="Boot method; default: detected from the ISO for the built-in families")
-    timeout: Duration = Field(3600.0, description="Deadline for the whole install")
+    timeout: Duration = Field(3600.0, gt=0, description="Deadline for the whole install")
     kickstart_version: str | None = Field(
         None, description="Kickstart syntax version `pim validate` checks with (pykickstart's names: RHEL8, RHEL10, "
                           "F40); default: from the ISO's .treeinfo, else RHEL9")
@@ -165,8 +180,9 @@ class Installer(_Model):
     @classmethod
     def _files_exist(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for name, path in v.items():
-            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-                raise ValueError(f"file name {name!r} may only contain letters, digits, '.', '_' and '-'")
+            if not re.fullmatch(SERVED_NAME_RE, name):
+                raise ValueError(f"file name {name!r} is served as one URL path segment: use only "
+                                 f"{_SERVED_NAME_RULE}")
             _check_file(path, info)
         return v
 
@@ -197,7 +213,7 @@ class Installer(_Model):
 class SSH(_Model):
     user: str = "root"
     password: SecretStr | None = Field(None, description="Only if the answer file sets one; PIM's build key is used first")
-    timeout: Duration = Field(900.0, description="How long to wait for SSH after the install")
+    timeout: Duration = Field(900.0, gt=0, description="How long to wait for SSH after the install")
 
 
 class ShellStep(_Model):
@@ -224,8 +240,8 @@ class ShellStep(_Model):
 class FileStep(_Model):
     type: Literal["file"]
     source: str
-    destination: str = Field(pattern=r"^/", description="Absolute path in the guest")
-    mode: str = Field("0644", pattern=r"^0?[0-7]{3,4}$")
+    destination: GuestPath = Field(description="Absolute path in the guest")
+    mode: FileMode = Field("0644", description="Octal permissions as chmod takes them")
 
     _source = field_validator("source")(_check_file)
 
@@ -251,7 +267,7 @@ class ImageSpec(_Model):
     arch: Arch = Arch.x86_64
     disk_size: Size = Field(8 << 30, ge=1 << 30, description="Virtual disk size, at least 1G")
     cpus: int = Field(2, ge=1, le=64)
-    memory: Size = Field(2 << 30, ge=256 << 20, description="Guest memory, at least 256M")
+    memory: Size = Field(2 << 30, ge=256 << 20, description="Guest memory, at least 256M, in whole MiB")
     firmware: Firmware = Firmware.bios
     accel: Accel = Accel.auto
     installer: Installer
@@ -263,10 +279,22 @@ class ImageSpec(_Model):
     finalize: Finalize = Finalize()
     output: Output = Output()
 
+    @field_validator("memory")
+    @classmethod
+    def _whole_mib(cls, v: int) -> int:
+        # QEMU is given -m in MiB; a remainder would be dropped without a word.
+        if v % (1 << 20):
+            raise ValueError(f"memory {v} bytes is not a whole number of MiB: write e.g. '{v >> 20}M'")
+        return v
+
+
+_Name = matching(NAME_RE, "a name is 1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+                 "web-server")
+
 
 class Config(_Model):
-    images: dict[Annotated[str, Field(pattern=NAME_RE)], ImageSpec] = Field(min_length=1)
-    targets: dict[Annotated[str, Field(pattern=NAME_RE)], TargetSpec] = Field({}, description="Where `pim deploy` puts images")
+    images: dict[_Name, ImageSpec] = Field(min_length=1)
+    targets: dict[_Name, TargetSpec] = Field({}, description="Where `pim deploy` puts images")
     _base_dir: Path = PrivateAttr(default=Path("."))
 
     @property
@@ -285,12 +313,65 @@ class Config(_Model):
             raise SpecError("config", [Problem(f"images.{name}", f"no such image; defined: {known}")]) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's core schema on PyYAML's safe loader, and no duplicate keys.
+
+    PyYAML resolves YAML 1.1 (yaml.org/type/bool.html, int.html): `keyboard: no` loads
+    as False, `mode: 0600` as 384 and `timeout: 1:30` as 90. YAML 1.2.2 (section 10.3.2,
+    the core schema) keeps only true/false as booleans, reads 0600 as decimal and 0o600
+    as octal, and has no base-60 numbers; everything else stays text, which the model
+    then reads for what the field is (pydantic takes "yes"/"no"/"on"/"off" for a boolean).
+    A key given twice in one mapping is an error (YAML 1.2.2 section 3.2.1.1: keys are
+    unique), where PyYAML would silently keep the last.
+    """
+
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}): YAML keeps only one value for a "
+                                "key; remove or merge one of them", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node))
+        if text.startswith(("0o", "+0o", "-0o")):
+            return int(text.replace("0o", "", 1), 8)
+        return int(text, 16 if "0x" in text else 10)
+
+
+for _first, _tag, _regexp in [
+    ("tTfF", "tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    ("-+0123456789", "tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    ("-+.0123456789", "tag:yaml.org,2002:float",
+     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    ("~nN", "tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL)$"),
+    ("", "tag:yaml.org,2002:null", r"^$"),
+]:
+    _Loader.add_implicit_resolver(_tag, re.compile(_regexp), list(_first) or [""])
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse pim.yaml text with `_Loader`'s rules; raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def _problems(err: ValidationError) -> list[Problem]:
     out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p not in ("shell", "file"))
         if e["type"] == "extra_forbidden":
             msg = "unknown key (see `pim schema` for the allowed keys)"
+        elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float)):
+            msg = (f"{e['input']!r} is a {type(e['input']).__name__} here, text expected: put it in quotes, "
+                   f"e.g. '{e['input']}', so YAML keeps it as written")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] not in ("missing", "value_error") and "input" in e:
@@ -323,7 +404,7 @@ def load_config(path: Path) -> Config:
     except OSError as e:
         raise SpecError(str(path), [Problem("", f"cannot read the config: {e.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

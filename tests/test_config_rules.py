@@ -343,3 +343,34 @@ def test_a_number_where_text_is_expected_says_to_quote_it(tmp_path: Path) -> Non
 def test_a_sexagesimal_duration_is_refused_not_read_as_seconds(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=re.escape("'1:30' is not a duration")):
         _load_text(tmp_path, IMAGE_YAML + "    ssh: {timeout: 1:30}\n")
+
+
+@pytest.mark.parametrize("value, ok", [("RHEL9", True), ("rhel8", True), ("RHEL10", True), ("F40", True),
+                                       ("Fedora 40", True), ("Red Hat Enterprise Linux 9", True),
+                                       ("RHEL 9", False), ("RHEL99", False), ("fedora40", False), ("", False)])
+def test_kickstart_versions_pykickstart_knows(tmp_path: Path, value: str, ok: bool) -> None:
+    installer = {**minimal_image()["installer"], "kickstart_version": value}
+    problems = _image_problems(tmp_path, installer=installer)
+    assert ("images.web.installer.kickstart_version" not in problems) == ok, problems
+    if not ok:
+        assert repr(value) in problems["images.web.installer.kickstart_version"]
+
+
+@pytest.mark.parametrize("arch, cpus, ok", [("x86_64", 1, True), ("x86_64", 0, False), ("x86_64", 1024, True),
+                                            ("x86_64", 1025, False), ("aarch64", 512, True), ("aarch64", 513, False)])
+def test_cpus_the_qemu_machine_takes(tmp_path: Path, arch: str, cpus: int, ok: bool) -> None:
+    problems = _image_problems(tmp_path, arch=arch, cpus=cpus)
+    assert not problems if ok else problems, problems
+    if not ok and cpus:
+        assert f"cpus {cpus}" in problems["images.web"]
+
+
+@pytest.mark.parametrize("prefix, ok", [("", True), ("p" * 940, True), ("é" * 470, True), ("p" * 941, False),
+                                        ("é" * 471, False)])
+def test_s3_prefix_leaves_room_in_a_1024_byte_key(prefix: str, ok: bool) -> None:
+    _check(AwsTarget, AWS, "s3_prefix", prefix, ok)
+
+
+@pytest.mark.parametrize("port, ok", [(1, True), (65535, True), (0, False), (65536, False)])
+def test_pve_ssh_port(port: int, ok: bool) -> None:
+    _check(ProxmoxTarget, PVE, "ssh", {"port": port}, ok)

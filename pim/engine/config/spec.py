@@ -84,6 +84,10 @@ class Family(StrEnum):
     kickstart = "kickstart"  # anaconda (Rocky, Alma, Fedora, RHEL), inst.ks=
 
 
+_MAX_CPUS = {Arch.x86_64: 1024, Arch.aarch64: 512}
+_MACHINE_NAME = {Arch.x86_64: "q35", Arch.aarch64: "virt"}
+
+
 class Compression(StrEnum):
     auto = "auto"  # zstd where the host's qemu-img has it, else zlib
     zstd = "zstd"
@@ -199,6 +203,23 @@ class Installer(_Model):
             raise ValueError(f"{', '.join(both)}: in both files and template_files; keep each name in one")
         return self
 
+    @field_validator("kickstart_version")
+    @classmethod
+    def _kickstart_version(cls, v: str | None) -> str | None:
+        # The names pykickstart's makeVersion takes (pykickstart.version.stringToVersion):
+        # its versionMap keys in any case, or "Fedora 40" / "Red Hat Enterprise Linux 9".
+        from pykickstart.errors import KickstartVersionError
+        from pykickstart.version import stringToVersion, versionMap
+
+        if v is not None:
+            try:
+                stringToVersion(v)
+            except KickstartVersionError:
+                newest = sorted((n for n in versionMap if n.startswith("RHEL")), key=lambda n: int(n[4:]))[-1]
+                raise ValueError(f"{v!r} is not a kickstart syntax version pykickstart knows: use a name such as "
+                                 f"RHEL8, RHEL9, {newest} or F40") from None
+        return v
+
     @field_validator("failure_patterns")
     @classmethod
     def _regexes(cls, v: list[str]) -> list[str]:
@@ -266,7 +287,8 @@ class ImageSpec(_Model):
     source: Source
     arch: Arch = Arch.x86_64
     disk_size: Size = Field(8 << 30, ge=1 << 30, description="Virtual disk size, at least 1G")
-    cpus: int = Field(2, ge=1, le=64)
+    cpus: int = Field(2, ge=1, description="Virtual CPUs (QEMU's -smp): at most 1024 on x86_64 (q35), 512 on "
+                                         "aarch64 (virt)")
     memory: Size = Field(2 << 30, ge=256 << 20, description="Guest memory, at least 256M, in whole MiB")
     firmware: Firmware = Firmware.bios
     accel: Accel = Accel.auto
@@ -278,6 +300,16 @@ class ImageSpec(_Model):
                                              "in seconds instead of booting (a pure speed-up)")
     finalize: Finalize = Finalize()
     output: Output = Output()
+
+    @model_validator(mode="after")
+    def _cpus_the_machine_takes(self) -> "ImageSpec":
+        # The machine type's max_cpus in QEMU: q35 1024 since QEMU 8.1 (288 before; an
+        # older QEMU says so itself at start), hw/i386/pc_q35.c; virt 512, hw/arm/virt.c.
+        limit = _MAX_CPUS[self.arch]
+        if self.cpus > limit:
+            raise ValueError(f"cpus {self.cpus} is more than QEMU's {_MACHINE_NAME[self.arch]} machine takes for "
+                             f"{self.arch}: use at most {limit}")
+        return self
 
     @field_validator("memory")
     @classmethod

@@ -45,6 +45,7 @@ PVE_MEMORY_MIB = (16, 4_194_304)
 # S3 general purpose bucket naming rules (Amazon S3 User Guide, "General purpose bucket
 # naming rules"): 3..63 of a-z 0-9 . -, a letter or digit at each end, no "..", not an
 # IPv4 address, and these reserved prefixes and suffixes.
+S3_KEY_MAX = 1024
 _BUCKET_RE = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
@@ -172,7 +173,7 @@ class AwsTarget(_Model):
     method: Literal["direct", "import"] = Field(
         "direct", description="direct: EBS direct APIs; import: S3 upload + import-snapshot (needs s3_bucket)")
     s3_bucket: str | None = Field(None, description="Bucket for method import (S3's bucket naming rules)")
-    s3_prefix: str = "pim/"
+    s3_prefix: str = Field("pim/", description="Key prefix of the uploads in s3_bucket")
     profile: str | None = Field(None, description="boto3 profile; default: the standard credential chain")
     endpoint_url: str | None = Field(None, description="Override every AWS endpoint (a local test server)")
     volume_type: str = Field("gp3", description=f"EBS type of the root volume: {', '.join(_ROOT_VOLUME_TYPES)}",
@@ -200,6 +201,16 @@ class AwsTarget(_Model):
         bad = [p for p in _BUCKET_PREFIXES if v.startswith(p)] + [x for x in _BUCKET_SUFFIXES if v.endswith(x)]
         if bad:
             raise ValueError(f"{v!r} is not an S3 bucket name: {bad[0]!r} is reserved by S3; choose another name")
+        return v
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        # An S3 object key is at most 1024 bytes of UTF-8 (S3 User Guide, "Naming Amazon S3
+        # objects"); pim appends "<image name>-<16 hex>.raw", at most 84 more.
+        if len(v.encode()) > S3_KEY_MAX - 84:
+            raise ValueError(f"s3_prefix is {len(v.encode())} bytes: S3 keys are at most {S3_KEY_MAX} bytes and "
+                             f"pim adds up to 84, so keep it to {S3_KEY_MAX - 84}")
         return v
 
     @field_validator("volume_type")

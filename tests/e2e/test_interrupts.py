@@ -247,7 +247,11 @@ def test_terraform_provider_stops_in_every_stage(stage: str, how: str, warm: Non
 
 # ---------------------------------------------------------------- pulumi
 
-ENGINE = """import subprocess, sys, time
+# The engine's plugins get Ctrl-C as an interactive `pulumi up` gives it: SIGINT at its
+# default. A test run started in the background (CI, nohup, `cmd &`) inherits SIGINT
+# ignored, and the plugin would inherit that too: the stand-in restores the default.
+ENGINE = """import signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)
 p = subprocess.Popen([sys.executable, '-u', '-m', 'pulumi.dynamic', '127.0.0.1:1'], stdout=subprocess.PIPE,
                      stderr=open(sys.argv[1], 'wb'), start_new_session=True)
 print(p.pid, p.stdout.readline().decode().strip(), flush=True)

@@ -238,13 +238,18 @@ class Machine:
             except AgentError:
                 return None
 
+        # A VM being discarded gets short rungs: QEMU busy loading a saved state on a
+        # loaded host may not answer QMP or SIGTERM for a while, and nothing of it is kept.
+        step = 10.0 if graceful > 0 else 2.0
+
         def quick_qmp() -> QMP | None:
             try:
-                return self.qmp(timeout=5.0)
+                return self.qmp(timeout=min(5.0, step))
             except VMError:
                 return None
 
-        how = shutdown_ladder(self.wait, proc.send_signal, quick_qmp, quick_agent, self.events, self.stage, graceful)
+        how = shutdown_ladder(self.wait, proc.send_signal, quick_qmp, quick_agent, self.events, self.stage, graceful,
+                              step=step)
         self.events.log(self.stage, f"QEMU stopped ({how})")
         return how
 

@@ -37,7 +37,15 @@ def _backend(target: Any) -> Any:
 
 def deploy(target: TargetSpec, image: BuiltImage, events: Emitter, *, target_name: str = "",
            base_dir: Path | None = None) -> DeployResult:
-    """Create (or find) the deployment of this build on the target."""
+    """Create (or find) the deployment of this build on the target; idempotent.
+
+    Proxmox: a template VM with the disk imported (its VMID and node in the result);
+    AWS: an AMI and its snapshot in the target's region and each copy region. The
+    deployment is found again by the build's key (`image.key`), so a second call
+    sends nothing (`DeployResult.created` False). Raises InputError for a bad target
+    or a missing credential, DeployError when the remote side fails (whatever was
+    created is removed again).
+    """
     events.emit("stage-begin", "deploy", f"{image.name} -> {target_name or target.type}", key=image.key)
     result = _backend(target).deploy(target, image, events, target_name, **_extra(target, base_dir))
     events.emit("stage-end", "deploy", "created" if result.created else "already there", cached=not result.created)
@@ -46,10 +54,14 @@ def deploy(target: TargetSpec, image: BuiltImage, events: Emitter, *, target_nam
 
 def exists(target: TargetSpec, image: BuiltImage, events: Emitter, *, target_name: str = "",
            base_dir: Path | None = None) -> DeployResult | None:
+    """The deployment of this build on the target, or None when it is not there (or
+    no longer complete); never creates anything. Raises as `deploy` does."""
     return _backend(target).exists(target, image, events, target_name, **_extra(target, base_dir))
 
 
 def delete(target: TargetSpec, image: BuiltImage, events: Emitter, *, base_dir: Path | None = None) -> list[str]:
+    """Remove the deployment of this build (template, or AMIs and their snapshots in
+    every region); returns the ids removed, [] when nothing was there."""
     return _backend(target).delete(target, image, events, **_extra(target, base_dir))
 
 

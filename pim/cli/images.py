@@ -39,11 +39,8 @@ def show(ref: str = typer.Argument(..., help="Image name (its newest build) or k
     from pim.engine.store.inventory import find
 
     try:
-        entry = find(open_store(), ref)
-    except PimError as e:
-        raise fail(e) from None
-    try:
-        manifest = open_store().manifest(entry.key)
+        store = open_store()
+        manifest = store.manifest(find(store, ref).key)
     except PimError as e:
         raise fail(e) from None
     typer.echo(manifest.model_dump_json(indent=2))

@@ -121,7 +121,7 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     # gc never sees a new image unreferenced.
     with contextlib.ExitStack() as held:
         held.enter_context(store.lease(keys.final))
-        if not force and _usable(store, keys.final, held):
+        if not force and _usable(store, keys.final, held) is not None:
             events.emit("stage-end", "final", "cache hit", cached=True, key=keys.final)
             return _result(store, name, keys.final, cached=True)
         held.enter_context(store.lease(f"iso-{iso_sha}"))
@@ -152,7 +152,7 @@ def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tu
         if key is None:
             return
         held.enter_context(store.lease(key))
-        planned[name] = (stage, key, not force and _usable(store, key, held))
+        planned[name] = (stage, key, not force and _usable(store, key, held) is not None)
         if not planned[name][2]:
             for dep in stage.needs:
                 want(dep)
@@ -161,23 +161,23 @@ def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool) -> list[tu
     return [planned[s.name] for s in STAGES if s.name in planned]
 
 
-def _usable(store: Store, key: str, held: contextlib.ExitStack) -> bool:
-    """True when object `key` and every object it uses are published, and those are the
-    very objects it was built on (a rebuilt backing object has a new `id`, and an
-    overlay on the old one would read wrong bytes). Leases them all."""
+def _usable(store: Store, key: str, held: contextlib.ExitStack) -> Manifest | None:
+    """The manifest of object `key` when it and every object it uses are published, and
+    those are the very objects it was built on (a rebuilt backing object has a new
+    `id`, and an overlay on the old one would read wrong bytes); else None. Leases
+    them all and reads each manifest once."""
     if not store.has(key):
-        return False
+        return None
     try:
         m = store.manifest(key)
-        for stage, dep in m.uses.items():
-            held.enter_context(store.lease(dep))
-            if not _usable(store, dep, held):
-                return False
-            if stage in m.uses_ids and store.manifest(dep).id != m.uses_ids[stage]:
-                return False
     except manifests.ManifestError:
-        return False
-    return True
+        return None
+    for stage, dep in m.uses.items():
+        held.enter_context(store.lease(dep))
+        used = _usable(store, dep, held)
+        if used is None or (stage in m.uses_ids and used.id != m.uses_ids[stage]):
+            return None
+    return m
 
 
 def run_stages(ctx: BuildContext, held: contextlib.ExitStack, force: bool = False) -> dict[str, StageOutput]:
@@ -191,7 +191,7 @@ def run_stages(ctx: BuildContext, held: contextlib.ExitStack, force: bool = Fals
     lineage: dict[str, StageRef] = {}
     for stage, key, cached in _plan(ctx, held, force):
         with store.lock(key):
-            cached = cached or (not force and _usable(store, key, held))  # a concurrent build made it meanwhile
+            cached = cached or (not force and _usable(store, key, held) is not None)  # made meanwhile
             events.emit("stage-begin", stage.name, key=key, cached=cached)
             if not cached:
                 if store.object(key).exists():  # stale (built on replaced objects) or forced

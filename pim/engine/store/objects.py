@@ -2,7 +2,8 @@
 
 objects/<key>/     a published stage object; appears only by atomic rename, sealed
                    by `done`, described by `manifest.json` (see `manifest`)
-tmp/<dir>/         work in progress, owned by a live process (its pid in `owner`)
+tmp/<dir>/         work in progress, owned by a live process (its pid in `owner`);
+                   made in nursery/ and renamed in once its owner is written
 locks/<key>        flock per key, exclusive: one build of a key at a time
 leases/<name>      flock per object in use, shared: held by every build that reads
                    the object (backing files, boot snapshot, cached ISO); removal
@@ -94,8 +95,14 @@ class Store:
     def workdir(self, label: str) -> Iterator[Path]:
         """A private scratch folder under tmp/, removed on exit whatever happened."""
         self.clean_leftovers()
-        path = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.root / "tmp"))
-        (path / "owner").write_text(str(os.getpid()))
+        # Made aside with its owner file, then renamed in: a concurrent build's
+        # clean_leftovers never sees it without an owner (and takes it for a dead one's).
+        nursery = self.root / "nursery"
+        nursery.mkdir(exist_ok=True)
+        made = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=nursery))
+        (made / "owner").write_text(str(os.getpid()))
+        path = self.root / "tmp" / made.name
+        os.rename(made, path)
         try:
             yield path
         finally:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -138,3 +140,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     state["patch"].undo()
     shutil.rmtree(state["root"], ignore_errors=True)
+
+
+@pytest.fixture
+def stopped_qemu(tmp_path: Path) -> Iterator[Path]:
+    """A real QEMU with stopped CPUs (-S) and a QMP socket; yields the socket's path.
+
+    The guest never runs; QEMU's monitor and input layer answer as for any VM."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("no qemu-system-x86_64 (make test installs qemu-system-x86)")
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen(["qemu-system-x86_64", "-S", "-display", "none", "-nodefaults", "-machine", "pc",
+                             "-accel", "tcg", "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield sock
+    finally:
+        proc.kill()
+        proc.wait()

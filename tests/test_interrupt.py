@@ -53,6 +53,24 @@ def test_only_the_first_signal_raises_so_the_cleanup_it_started_runs_to_the_end(
     assert cleaned and unwinder.received == [signal.SIGINT, signal.SIGTERM]
 
 
+def test_a_signal_that_lands_in_a_finalizer_is_not_lost() -> None:
+    """Raised inside `__del__` (the garbage collector runs them anywhere), the interrupt
+    would be printed as "Exception ignored" and dropped; it comes again just after."""
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal_main_thread(signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, inside the finalizer
+
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted), unwinding() as unwinder:
+        obj = Finalized()
+        del obj
+        threading.Event().wait(5)  # only a signal delivered again ends this early
+    assert time.monotonic() - t0 < 3
+    assert unwinder.received == [signal.SIGINT]  # counted once, though delivered twice
+
+
 def test_disarmed_the_handler_records_the_signal_and_does_not_raise() -> None:
     unwinder = Unwinder().install()
     try:

@@ -44,6 +44,11 @@ class Unwinder:
     the first one started (QEMU's shutdown ladder, each rung with its own timeout) must
     not be cut short by a second Ctrl-C, or QEMU and its runtime files would be left.
     `received` holds every signal number seen, armed or not.
+
+    A handler runs wherever the main thread is, and Python prints and drops an exception
+    raised in a finalizer (`__del__`, a weakref callback) the garbage collector happens
+    to be running: raised there, the interrupt would be lost and the build would go on.
+    So inside a finalizer the signal is delivered again a moment later instead.
     """
 
     def __init__(self, on_signal: Callable[[int], None] | None = None):
@@ -52,6 +57,7 @@ class Unwinder:
         self.received: list[int] = []
         self._on_signal = on_signal
         self._previous: dict[int, object] = {}
+        self._deferred: int | None = None  # a signal put off out of a finalizer, delivered again
 
     def install(self, signals: tuple[int, ...] = SIGNALS) -> "Unwinder":
         """Install the handlers (main thread only: Python's rule for signal.signal)."""
@@ -71,12 +77,35 @@ class Unwinder:
         self.armed = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-        if self._on_signal is not None:
-            self._on_signal(signum)
+        if self._deferred == signum:
+            self._deferred = None  # the same signal once more: already counted and passed on
+        else:
+            self.received.append(signum)
+            if self._on_signal is not None:
+                self._on_signal(signum)
         if self.armed and self.fired is None:
+            if in_finalizer(frame):
+                self._deferred = signum
+                threading.Timer(REDELIVERY, signal_main_thread, (signum,)).start()
+                return
             self.fired = signum
             raise Interrupted(signum)
+
+
+REDELIVERY = 0.02  # seconds before a signal put off out of a finalizer comes again
+# Stdlib modules whose functions run as weakref callbacks (WeakSet, WeakValueDictionary, finalize).
+_FINALIZER_FILES = ("weakref.py", "_weakrefset.py")
+
+
+def in_finalizer(frame: FrameType | None) -> bool:
+    """True when `frame` or a caller is a finalizer (`__del__`, a stdlib weakref callback),
+    where a raised exception is printed as "Exception ignored" and dropped."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith(_FINALIZER_FILES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager

@@ -37,6 +37,11 @@ pytestmark = pytest.mark.e2e
 
 LIMIT = 30.0  # seconds from the interrupt to nothing running
 SLEEPER = {"type": "shell", "name": "slow", "inline": "echo sleeping; sleep 600"}
+# `pim` as `python -m pim.cli.main`, with every thread's stack printed to stderr on SIGUSR1:
+# a build that does not stop in time says where it stands.
+PIM = [sys.executable, "-c", "import faulthandler, runpy, signal, sys; "
+       "faulthandler.register(signal.SIGUSR1, all_threads=True); sys.argv[0] = 'pim'; "
+       "runpy.run_module('pim.cli.main', run_name='__main__', alter_sys=True)"]
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def test_pim_build_stops_in_every_stage(stage: str, sig: int, warm: None, fixtur
     config = st.config(tmp_path / "pim", fixture_iso)
     left = Leftovers(pim_cache, runtime_root)
     err = tmp_path / "pim.stderr"
-    proc = subprocess.Popen([sys.executable, "-m", "pim.cli.main", "build", "e2e", "--config", str(config), "--json"],
+    proc = subprocess.Popen([*PIM, "build", "e2e", "--config", str(config), "--json"],
                             stdout=subprocess.PIPE, stderr=err.open("w"), text=True, start_new_session=True)
     try:
         assert proc.stdout is not None
@@ -199,7 +204,13 @@ def test_pim_build_stops_in_every_stage(stage: str, sig: int, warm: None, fixtur
         qemu = left.qemu_pid(st)
         proc.send_signal(sig)
         t0 = time.monotonic()
-        proc.wait(timeout=LIMIT + 10)
+        try:
+            proc.wait(timeout=LIMIT + 10)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            raise AssertionError(f"pim build still running {LIMIT + 10:.0f}s after {signal.Signals(sig).name}; "
+                                 f"output:\n{''.join(lines.seen[-20:])}\nstderr:\n{err.read_text()[-6000:]}") from None
         seconds = wait_gone([proc.pid] + ([qemu] if qemu else []), t0)
     finally:
         if proc.poll() is None:

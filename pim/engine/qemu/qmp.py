@@ -1,7 +1,7 @@
-"""A synchronous QMP client with timeouts.
+"""A synchronous QMP client with timeouts, and boot commands typed through it.
 
-qemu.qmp is asyncio-based; its `legacy` module runs the event loop for us, so the
-asyncio stays inside this module and the engine stays synchronous.
+qemu.qmp is asyncio-based; each `QMP` runs its own event loop, so the asyncio stays
+inside this module and the engine stays synchronous.
 """
 
 from __future__ import annotations
@@ -75,21 +75,46 @@ Action = Union[Keys, Wait]
 
 
 class QMP:
-    def __init__(self, path: Path, timeout: float = 10.0):
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+    """A QMP connection whose every operation ends within `timeout` seconds.
 
-        self._qmp = QEMUMonitorProtocol(str(path))
-        self._qmp.settimeout(timeout)
+    QEMU's monitor serves one client at a time, and greets a new one only once the
+    previous one has gone: a connection left open by an interrupted caller would make
+    every later connect wait forever. So each client runs on its own asyncio loop, every
+    call (connect, command, disconnect) is bounded by `timeout`, and a call that fails,
+    times out or is interrupted (Ctrl-C) closes the socket before the error propagates.
+
+    Raises VMError (the monitor refused, failed or did not answer in time); an
+    interrupt (KeyboardInterrupt) propagates after the connection is closed.
+    """
+
+    def __init__(self, path: Path, timeout: float = 10.0):
+        import asyncio
+
+        from qemu.qmp import QMPClient
+
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(path.name)
+        self._call("connect", self._client.connect(str(path)), f"cannot connect to QMP at {path}")
+
+    def _call(self, what: str, coro: Any, failure: str) -> Any:
+        import asyncio
+
         try:
-            self._qmp.connect(negotiate=True)
+            return self._loop.run_until_complete(asyncio.wait_for(coro, self.timeout))
+        except asyncio.TimeoutError:
+            self._abandon()
+            raise VMError(f"{failure}: no answer within {self.timeout:g}s") from None
         except Exception as e:  # qemu.qmp raises several unrelated types
-            raise VMError(f"cannot connect to QMP at {path}: {e}") from None
+            if what == "connect":
+                self._abandon()
+            raise VMError(f"{failure}: {e}") from None
+        except BaseException:
+            self._abandon()
+            raise
 
     def cmd(self, name: str, **args: Any) -> Any:
-        try:
-            return self._qmp.cmd(name, **args)
-        except Exception as e:
-            raise VMError(f"QMP {name} failed: {e}") from None
+        return self._call(name, self._client.execute(name, args or None), f"QMP {name} failed")
 
     def status(self) -> str:
         return str(self.cmd("query-status")["status"])
@@ -99,8 +124,8 @@ class QMP:
 
     def quit(self) -> None:
         try:
-            self._qmp.cmd("quit")
-        except Exception:  # QEMU may close the socket before it answers
+            self.cmd("quit")
+        except VMError:  # QEMU may close the socket before it answers
             pass
 
     def send_key(self, keys: list[str], hold_ms: int = 50) -> None:
@@ -123,10 +148,32 @@ class QMP:
         return True
 
     def close(self) -> None:
+        """Disconnect (bounded by `timeout`); never raises VMError. Idempotent."""
+        if self._loop.is_closed():
+            return
         try:
-            self._qmp.close()
-        except Exception:
+            self._call("disconnect", self._client.disconnect(), "QMP disconnect")
+        except VMError:
             pass
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Cancel whatever the loop still runs (an interrupted connect or command: the
+        library closes its socket on cancellation), wait a moment for that, close the loop."""
+        import asyncio
+
+        loop = self._loop
+        if loop.is_closed() or loop.is_running():
+            return
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            try:
+                loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
+            except BaseException:  # noqa: BLE001 - a second interrupt: the loop is closed below anyway
+                pass
+        loop.close()
 
 
 def keys_for(text: str) -> list[list[str]]:

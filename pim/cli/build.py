@@ -15,6 +15,7 @@ def build(
     force: bool = typer.Option(False, "--force", help="Ignore cached stages and build everything again"),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON event per line on stdout"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the VM's console too"),
+    no_remote: bool = typer.Option(False, "--no-remote-cache", help="Neither pull from nor push to the remote cache"),
 ) -> None:
     """Build an image: install, provision, generalize, compress."""
     from pim.cli.render import event_stream
@@ -23,12 +24,14 @@ def build(
     from pim.engine.config.spec import load_config
     from pim.engine.config.units import human_size
     from pim.engine.interrupt import Interrupted, unwinding
+    from pim.engine.remote import open_remote
 
     # SIGTERM unwinds like Ctrl-C: QEMU stopped, runtime files and scratch removed.
     with event_stream(json_out, verbose) as events, unwinding():
         try:
             cfg = load_config(config)
-            result = run_build(cfg, image, events, force=force, store=open_store())
+            result = run_build(cfg, image, events, force=force, store=open_store(),
+                               remote=open_remote(cfg, enabled=not no_remote))
         except PimError as e:
             if json_out:
                 events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)

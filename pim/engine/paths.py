@@ -24,3 +24,9 @@ def cache_dir() -> Path:
         path = (Path(xdg) if xdg else Path.home() / ".cache") / "pim"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def user_config_file() -> Path:
+    """$XDG_CONFIG_HOME/pim/config.yaml, else ~/.config/pim/config.yaml (it may not exist)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".config") / "pim" / "config.yaml"

@@ -71,6 +71,7 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
     from pim.engine.pipeline.build import image_outputs
     from pim.engine.config.spec import load_config
     from pim.engine.paths import cache_dir
+    from pim.engine.remote import open_remote
     from pim.engine.store.objects import Store
 
     store = Store(Path(query["cache_dir"]).resolve() if query.get("cache_dir") else cache_dir())
@@ -89,7 +90,7 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
     password = cfg.images[name].ssh.password
     if password is not None:
         events.add_secret(password.get_secret_value())
-    result = found or engine.build(cfg, name, events, store=store)
+    result = found or engine.build(cfg, name, events, store=store, remote=open_remote(cfg))
     out = {k: v for k, v in image_outputs(result.manifest_path).items() if k not in ("stage_keys", "created")}
     out = {"image": name, "key": out.pop("content_key")} | out
     if target is not None:

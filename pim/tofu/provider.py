@@ -143,6 +143,7 @@ class ImageResource(Resource):
     def create(self, planned: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         from pim.engine.pipeline.build import build
         from pim.engine.errors import PimError
+        from pim.engine.remote import open_remote
 
         cfg = _Config.load(planned)
         events = _emitter()
@@ -150,7 +151,7 @@ class ImageResource(Resource):
         if password is not None:
             events.add_secret(password.get_secret_value())
         try:
-            result = build(cfg, planned["image"], events, store=_store())
+            result = build(cfg, planned["image"], events, store=_store(), remote=open_remote(cfg))
         except PimError as e:
             raise _errors(e, "image", events) from None
         return planned | _image_attrs(result.manifest_path)

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from pim.engine.deploy.spec import TargetSpec
+from pim.engine.remote.spec import CacheSpec
 from pim.engine.errors import Problem, SpecError
 from pim.engine.config.units import Duration, GuestPath, Size, matching
 
@@ -311,6 +312,7 @@ _Name = matching(NAME_RE, "a name is 1 to 63 of a-z, 0-9, '.', '_' and '-', star
 class Config(_Model):
     images: dict[_Name, ImageSpec] = Field(min_length=1)
     targets: dict[_Name, TargetSpec] = Field({}, description="Where `pim deploy` puts images")
+    cache: CacheSpec | None = Field(None, description="A shared build cache in S3-compatible storage")
     _base_dir: Path = PrivateAttr(default=Path("."))
 
     @property

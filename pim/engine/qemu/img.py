@@ -23,6 +23,12 @@ def create(path: Path, size: int, backing: Path | None = None) -> None:
     run(argv + [str(path), str(size)])
 
 
+def rebase_unsafe(path: Path, backing: Path) -> None:
+    """Point qcow2 overlay `path` at `backing` by rewriting its header only (`qemu-img
+    rebase -u`): for a backing file that moved, with the same bytes. Raises CommandError."""
+    run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", str(backing), "-F", "qcow2", str(path)])
+
+
 def info(path: Path) -> dict[str, Any]:
     return json.loads(run(["qemu-img", "info", "--output=json", "-U", str(path)]).stdout)
 

@@ -96,6 +96,13 @@ class Manifest(BaseModel):
     def firmware(self) -> str:
         return str(self.inputs.get("firmware", "bios"))
 
+    @property
+    def reads(self) -> dict[str, str]:
+        """{stage: key} of the objects this one's files need at run time (a qcow2
+        backing chain, a saved machine state): every object in `uses`, except for the
+        final stage, whose artifact is flattened and stands alone."""
+        return {} if self.stage == "final" else dict(self.uses)
+
     def stage_keys(self) -> dict[str, str]:
         """{stage: key} for the image stages of the lineage (install, provision, final)."""
         return {s: self.lineage[s].key for s in ("install", "provision", "final") if s in self.lineage}

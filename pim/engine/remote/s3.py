@@ -1,0 +1,230 @@
+"""The remote cache's objects in an S3 bucket, through boto3.
+
+Layout under the configured prefix, content-addressed as BuildKit's S3 cache and Nix
+binary caches are:
+
+    blobs/sha256/<digest>     one file of a stage object, named by its sha256
+    manifests/<key>.json      a `RemoteIndex`: the object's manifest and its files' digests
+    refs/<image>.json         the newest final key pushed for an image (kept by prune)
+
+An object is visible only once its index exists, and the index is written last,
+with a conditional PUT (If-None-Match: *) so the first of two machines pushing the
+same key wins and the other's blobs simply stay unreferenced. Two pushes never mix
+files: each index names its own blobs by digest.
+
+Retries are botocore's (`standard` mode); large files go through boto3's transfer
+manager (multipart, parallel parts, each part retried).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pim.engine.errors import BuildError
+from pim.engine.remote.spec import CacheSpec
+
+INDEX_SCHEMA = 1
+CHUNK = 1 << 20  # bytes per read while streaming a download
+MULTIPART_CHUNK = 16 << 20  # bytes per multipart part (S3 allows 5 MiB to 5 GiB)
+
+
+class RemoteCacheError(BuildError):
+    """The remote cache could not be read or written (network, credentials, bucket)."""
+
+
+class CorruptBlob(RemoteCacheError):
+    """A downloaded file's size or sha256 is not what the object's index says."""
+
+
+class Blob(BaseModel):
+    """One file of a remote object: its digest, size in bytes, and for a qcow2 overlay
+    the stage whose disk backs it (rebased to the local store's path on pull)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sha256: str
+    size: int
+    backing: str | None = None
+
+
+class RemoteIndex(BaseModel):
+    """manifests/<key>.json: what a pulled object is and which blobs make it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = INDEX_SCHEMA
+    key: str
+    stage: str
+    image: str | None = None
+    pushed: str
+    pim_version: str = ""
+    manifest: dict[str, Any]
+    files: dict[str, Blob]
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.files.values())
+
+
+class Bucket:
+    """The configured bucket and prefix, with the few calls the cache makes.
+
+    Raises RemoteCacheError naming the bucket and what failed; a missing key is
+    None/False, not an error.
+    """
+
+    def __init__(self, spec: CacheSpec):
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        self.spec = spec
+        self.name, self.prefix = spec.bucket, spec.prefix
+        session = boto3.session.Session(profile_name=spec.profile, region_name=spec.region)
+        self.client = session.client("s3", endpoint_url=spec.endpoint_url, config=BotoConfig(
+            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60))
+
+    def __str__(self) -> str:
+        return self.spec.remote
+
+    # -- names --------------------------------------------------------------
+    def manifest_key(self, key: str) -> str:
+        return f"{self.prefix}manifests/{key}.json"
+
+    def blob_key(self, digest: str) -> str:
+        return f"{self.prefix}blobs/sha256/{digest}"
+
+    def ref_key(self, image: str) -> str:
+        return f"{self.prefix}refs/{image}.json"
+
+    # -- calls --------------------------------------------------------------
+    def _fail(self, what: str, e: Exception) -> RemoteCacheError:
+        return RemoteCacheError(f"remote cache {self}: {what} failed: {e}")
+
+    def get_json(self, s3key: str) -> Any | None:
+        """The JSON document at s3key, or None when there is none."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.name, Key=s3key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._fail(f"reading {s3key}", e) from None
+        except BotoCoreError as e:
+            raise self._fail(f"reading {s3key}", e) from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+
+    def put_json(self, s3key: str, data: Any, only_new: bool = False) -> bool:
+        """Write a JSON document; with only_new, only if nothing is there yet (a
+        conditional PUT). Returns False when only_new and the key already existed."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        extra = {"IfNoneMatch": "*"} if only_new else {}
+        try:
+            self.client.put_object(Bucket=self.name, Key=s3key, Body=json.dumps(data, indent=1).encode(),
+                                   ContentType="application/json", **extra)
+        except ClientError as e:
+            if only_new and e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise self._fail(f"writing {s3key}", e) from None
+        except BotoCoreError as e:
+            raise self._fail(f"writing {s3key}", e) from None
+        return True
+
+    def exists(self, s3key: str, size: int | None = None) -> bool:
+        """True when s3key is there (and, given `size`, has that many bytes)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.name, Key=s3key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise self._fail(f"looking up {s3key}", e) from None
+        except BotoCoreError as e:
+            raise self._fail(f"looking up {s3key}", e) from None
+        return size is None or head.get("ContentLength") == size
+
+    def index(self, key: str) -> RemoteIndex | None:
+        """The remote object `key`, or None when it was never pushed (or its index is unreadable)."""
+        data = self.get_json(self.manifest_key(key))
+        if data is None:
+            return None
+        try:
+            return RemoteIndex.model_validate(data)
+        except ValidationError:
+            return None
+
+    def upload(self, path: Path, s3key: str, progress: Callable[[int], None]) -> None:
+        """Upload a file (multipart above MULTIPART_CHUNK, parts in parallel and retried)."""
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+        from boto3.exceptions import S3UploadFailedError
+
+        config = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK,
+                                max_concurrency=4)
+        try:
+            self.client.upload_file(str(path), self.name, s3key, Config=config, Callback=progress)
+        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+            raise self._fail(f"uploading {path.name}", e) from None
+
+    def download(self, blob: Blob, dest: Path, progress: Callable[[int], None]) -> None:
+        """Stream blob into dest, hashing as it comes; raises CorruptBlob (dest removed)
+        when the bytes are not the blob's size and sha256."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        h, got = hashlib.sha256(), 0
+        try:
+            body = self.client.get_object(Bucket=self.name, Key=self.blob_key(blob.sha256))["Body"]
+            with open(dest, "wb") as f:
+                for chunk in _chunks(body):
+                    h.update(chunk)
+                    f.write(chunk)
+                    got += len(chunk)
+                    progress(len(chunk))
+        except (BotoCoreError, ClientError) as e:
+            dest.unlink(missing_ok=True)
+            raise self._fail(f"downloading {dest.name}", e) from None
+        if got != blob.size or h.hexdigest() != blob.sha256:
+            dest.unlink(missing_ok=True)
+            raise CorruptBlob(f"remote cache {self}: {dest.name} is corrupt ({got} bytes, sha256 {h.hexdigest()[:12]}; "
+                              f"its index says {blob.size} bytes, sha256 {blob.sha256[:12]})")
+
+    def list(self, sub: str) -> Iterator[dict[str, Any]]:
+        """Every S3 object under prefix + sub ({"Key", "Size", "LastModified", ...})."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name,
+                                                                              Prefix=f"{self.prefix}{sub}"):
+                yield from page.get("Contents", [])
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail(f"listing {self.prefix}{sub}", e) from None
+
+    def delete(self, s3keys: list[str]) -> None:
+        """Delete keys, up to 1000 per request (S3 DeleteObjects' limit)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for i in range(0, len(s3keys), 1000):
+            try:
+                self.client.delete_objects(Bucket=self.name, Delete={
+                    "Objects": [{"Key": k} for k in s3keys[i:i + 1000]], "Quiet": True})
+            except (BotoCoreError, ClientError) as e:
+                raise self._fail("deleting", e) from None
+
+
+def _chunks(body: Any) -> Iterator[bytes]:
+    while True:
+        chunk = body.read(CHUNK)
+        if not chunk:
+            return
+        yield chunk
+

@@ -1,0 +1,220 @@
+"""The shared build cache for real: moto's S3 server on 127.0.0.1 as the object store,
+and separate local caches as separate machines sharing one bucket.
+
+Machine A is the session's cache (its e2e build is warm from the other e2e tests) and
+pushes; each "machine B" is an empty cache folder of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import moto_url  # noqa: F401  (fixture)
+from tests.e2e.conftest import make_config
+
+pytestmark = pytest.mark.e2e
+
+STEP = [{"type": "shell", "name": "hello", "inline": "echo hello from machine B"}]
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_url: str) -> str:  # noqa: F811
+    import boto3
+
+    name = f"pim-cache-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=name)
+    return name
+
+
+def s3(moto_url: str) -> Any:  # noqa: F811
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_url)
+
+
+def keys_under(moto_url: str, bucket: str, prefix: str) -> set[str]:  # noqa: F811
+    pages = s3(moto_url).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def config(folder: Path, iso: Path, url: str, endpoint: str, **cache: Any) -> Path:
+    provision = cache.pop("provision", None)
+    path = make_config(folder, iso, provision=provision)
+    data = yaml.safe_load(path.read_text())
+    data["cache"] = {"remote": url, "endpoint_url": endpoint, **cache}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Run:
+    """One `pim build --json` on a machine (a cache folder): its events and result."""
+
+    def __init__(self, cfg: Path, cache: Path, *extra: str, popen: bool = False):
+        env = dict(os.environ, PIM_CACHE_DIR=str(cache))
+        argv = [sys.executable, "-m", "pim.cli.main", "build", "e2e", "--config", str(cfg), "--json", *extra]
+        if popen:
+            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        self.code, self.stderr = out.returncode, out.stderr
+        self.events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+    def logs(self, stage: str | None = None) -> list[str]:
+        return [e["message"] for e in self.events if e["kind"] in ("log", "warning")
+                and (stage is None or e.get("stage") == stage)]
+
+    def began(self) -> dict[str, bool]:
+        """{stage: cached} for every stage-begin."""
+        return {e["stage"]: e["data"]["cached"] for e in self.events if e["kind"] == "stage-begin"}
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return next(e for e in self.events if e["kind"] == "result")["data"]
+
+    def ok(self) -> "Run":
+        assert self.code == 0, self.stderr[-3000:]
+        return self
+
+
+@pytest.fixture(scope="module")
+def machine_a(fixture_iso: Path, pim_cache: Path, bucket: str, moto_url: str,  # noqa: F811
+              tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Machine A builds e2e (a session cache hit once warm) and pushes its lineage."""
+    cfg = config(tmp_path_factory.mktemp("a"), fixture_iso, f"s3://{bucket}/team", moto_url)
+    return Run(cfg, pim_cache).ok()
+
+
+def test_machine_a_pushes_every_stage_of_its_build_manifest_last(machine_a: Run, bucket: str,
+                                                                moto_url: str) -> None:  # noqa: F811
+    stored = keys_under(moto_url, bucket, "team/")
+    manifests = {k for k in stored if k.startswith("team/manifests/")}
+    assert len(manifests) == 4, stored  # install, boot, provision, final
+    final = machine_a.result["key"]
+    assert f"team/manifests/{final}.json" in manifests and "team/refs/e2e.json" in stored
+    index = json.loads(s3(moto_url).get_object(Bucket=bucket, Key=f"team/manifests/{final}.json")["Body"].read())
+    assert index["key"] == final and index["manifest"]["key"] == final
+    assert index["files"]["disk.qcow2"]["sha256"] == machine_a.result["sha256"]
+    assert all(f"team/blobs/sha256/{b['sha256']}" in stored for b in index["files"].values())
+
+
+def test_a_fresh_machine_gets_the_image_without_starting_qemu(machine_a: Run, fixture_iso: Path, bucket: str,
+                                                              moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url)
+    b = Run(cfg, tmp_path / "cache-b").ok()
+    assert b.result["key"] == machine_a.result["key"] and b.result["cached"]
+    assert not any("starting QEMU" in m for m in b.logs()), b.logs()
+    assert Path(b.result["path"]).read_bytes() == Path(machine_a.result["path"]).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache-b" / "objects").iterdir()) == [b.result["key"]]
+
+
+def test_a_script_change_pulls_install_and_boot_and_builds_only_the_rest(
+        machine_a: Run, fixture_iso: Path, bucket: str, moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url, provision=STEP)
+    b = Run(cfg, tmp_path / "cache-b").ok()
+    assert b.began() == {"install": True, "boot": True, "provision": False, "final": False}
+    assert "pulled install" in " ".join(b.logs("install")) and "pulled boot" in " ".join(b.logs("boot"))
+    assert not any("starting QEMU" in m for m in b.logs("install") + b.logs("boot"))
+    assert any("hello from machine B" in m for m in b.logs("provision"))
+    # What B built is pushed: a third machine now gets it by pulling alone.
+    c = Run(cfg, tmp_path / "cache-c").ok()
+    assert c.result["cached"] and c.result["sha256"] == b.result["sha256"]
+
+
+def test_push_false_uploads_nothing(machine_a: Run, fixture_iso: Path, bucket: str, moto_url: str,  # noqa: F811
+                                    tmp_path: Path) -> None:
+    before = keys_under(moto_url, bucket, "")
+    step = [{"type": "shell", "name": "readonly", "inline": "echo read-only consumer"}]
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url, push=False, provision=step)
+    b = Run(cfg, tmp_path / "cache-b").ok()
+    assert b.began()["provision"] is False  # it built something new...
+    assert keys_under(moto_url, bucket, "") == before  # ...and uploaded nothing
+
+
+def test_no_remote_cache_flag_neither_pulls_nor_pushes(machine_a: Run, fixture_iso: Path, bucket: str,  # noqa: F811
+                                                        moto_url: str, tmp_path: Path) -> None:
+    before = keys_under(moto_url, bucket, "")
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url)
+    cache = tmp_path / "cache-b"
+    (cache / "objects").mkdir(parents=True)
+    proc = Run(cfg, cache, "--no-remote-cache", popen=True).proc
+    try:  # it starts a cold build: seeing the install begin uncached is enough
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"stage-begin"' in line:
+                assert '"stage": "install"' in line and '"cached": false' in line, line
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert keys_under(moto_url, bucket, "") == before
+
+
+def test_a_corrupt_remote_object_is_discarded_and_rebuilt(machine_a: Run, fixture_iso: Path, pim_cache: Path,
+                                                          bucket: str, moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    url = f"s3://{bucket}/corrupt"
+    Run(config(tmp_path / "a", fixture_iso, url, moto_url), pim_cache).ok()  # A pushes to a prefix of its own
+    final = machine_a.result["key"]
+    client = s3(moto_url)
+    index = json.loads(client.get_object(Bucket=bucket, Key=f"corrupt/manifests/{final}.json")["Body"].read())
+    blob = f"corrupt/blobs/sha256/{index['files']['disk.qcow2']['sha256']}"
+    data = bytearray(client.get_object(Bucket=bucket, Key=blob)["Body"].read())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    client.put_object(Bucket=bucket, Key=blob, Body=bytes(data))
+
+    b = Run(config(tmp_path / "b", fixture_iso, url, moto_url, push=False), tmp_path / "cache-b").ok()
+    warnings = [e["message"] for e in b.events if e["kind"] == "warning"]
+    assert any("corrupt" in w and "disk.qcow2" in w for w in warnings), warnings
+    assert b.began()["final"] is False  # rebuilt from the pulled provision object
+    art = Path(b.result["path"])
+    from pim.engine.source.fetch import sha256_file
+
+    assert sha256_file(art) == b.result["sha256"]
+    assert bytes(data) != art.read_bytes()
+
+
+def test_an_interrupted_push_leaves_nothing_visible_and_the_next_push_completes(
+        machine_a: Run, fixture_iso: Path, pim_cache: Path, bucket: str, moto_url: str,  # noqa: F811
+        tmp_path: Path) -> None:
+    url = f"s3://{bucket}/interrupted"
+    cfg = config(tmp_path / "a", fixture_iso, url, moto_url)
+    proc = Run(cfg, pim_cache, popen=True).proc
+    assert proc.stdout is not None
+    for line in proc.stdout:  # killed (no cleanup at all) while the first object's blobs go up
+        if "pushing install" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not any(k.startswith("interrupted/manifests/") for k in keys_under(moto_url, bucket, "interrupted/"))
+
+    again = Run(cfg, pim_cache).ok()
+    assert any("pushed 4 object(s)" in m for m in again.logs()), again.logs()
+    b = Run(config(tmp_path / "b", fixture_iso, url, moto_url), tmp_path / "cache-b").ok()
+    assert b.result["sha256"] == machine_a.result["sha256"] and b.result["cached"]
+
+
+@pytest.fixture
+def user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    path = tmp_path / "config" / "pim" / "config.yaml"
+    path.parent.mkdir(parents=True)
+    yield path
+
+
+def test_the_per_user_config_names_the_cache_when_pim_yaml_does_not(
+        machine_a: Run, fixture_iso: Path, bucket: str, moto_url: str, tmp_path: Path,  # noqa: F811
+        user_config: Path) -> None:
+    user_config.write_text(yaml.safe_dump({"cache": {"remote": f"s3://{bucket}/team", "endpoint_url": moto_url}}))
+    cfg = make_config(tmp_path / "b", fixture_iso)  # no cache: in it
+    b = Run(cfg, tmp_path / "cache-b").ok()
+    assert b.result["cached"] and any("pulled final" in m for m in b.logs())

@@ -60,7 +60,7 @@ def test_doctor_lists_the_firmware_found(tmp_path: Path, candidates, monkeypatch
     candidates["x86_64"].append((str(code), str(vars_)))
     monkeypatch.setattr(accel, "choose", lambda arch, fresh=False: accel.Verdict("tcg", "stubbed", {}))
     monkeypatch.setenv("PIM_CACHE_DIR", str(tmp_path))
-    doctor(fresh=False)
+    doctor(fresh=False, config=tmp_path / "pim.yaml")  # no pim.yaml: no remote cache to check
     out = capsys.readouterr().out
     assert f"ok    UEFI firmware for x86_64: {code} (vars template {vars_})" in out
     assert "--    UEFI firmware for aarch64: not found (BIOS builds still work)" in out

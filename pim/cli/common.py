@@ -30,3 +30,18 @@ def open_store():  # type: ignore[no-untyped-def]
     from pim.engine.store.objects import Store
 
     return Store(cache_dir())
+
+
+def open_remote_cache(config: Path):  # type: ignore[no-untyped-def]
+    """The remote cache named by `config` (when that file exists) over the per-user
+    config; raises InputError saying where to configure one when neither does."""
+    from pim.engine.config.spec import load_config
+    from pim.engine.errors import InputError
+    from pim.engine.paths import user_config_file
+    from pim.engine.remote import open_remote
+
+    bucket = open_remote(load_config(config) if config.is_file() else None)
+    if bucket is None:
+        raise InputError(f"no remote cache is configured: add `cache: {{remote: s3://bucket/prefix}}` to "
+                         f"{config} or to {user_config_file()}")
+    return bucket

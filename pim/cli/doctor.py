@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import typer
 
+from pim.cli.common import ConfigOpt
 
-def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators again instead of the remembered verdict")) -> None:
-    """Check QEMU binaries, the accelerator (by a real probe), firmware and free disk."""
+
+def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators again instead of the remembered verdict"),
+           config: Path = ConfigOpt) -> None:
+    """Check QEMU binaries, the accelerator (by a real probe), firmware, free disk and the remote cache."""
     from pim.engine.qemu import firmware
     from pim.engine.paths import cache_dir
     from pim.engine.qemu import accel
@@ -41,5 +45,25 @@ def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators
     free = shutil.disk_usage(cache).free
     mark = "ok  " if free > 20 << 30 else "warn"
     typer.echo(f"{mark}  cache {cache}: {human_size(free)} free")
+    ok = _remote_cache(config) and ok
     if not ok:
         raise typer.Exit(1)
+
+
+def _remote_cache(config: Path) -> bool:
+    """The remote cache, when one is configured: reachable, writable. False on failure."""
+    from pim.engine.config.spec import load_config
+    from pim.engine.errors import PimError
+    from pim.engine.remote import open_remote
+    from pim.engine.remote.admin import check
+
+    try:
+        bucket = open_remote(load_config(config) if config.is_file() else None)
+        if bucket is None:
+            typer.echo("--    remote cache: none configured (cache: in pim.yaml or ~/.config/pim/config.yaml)")
+            return True
+        typer.echo(f"ok    remote cache {check(bucket)}")
+    except PimError as e:
+        typer.echo(f"FAIL  remote cache: {e}")
+        return False
+    return True

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
+from typing import Any, Callable
 
 import typer
 
-from pim.cli.common import fail, open_store
+from pim.cli.common import ConfigOpt, fail, open_remote_cache, open_store
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -17,19 +19,39 @@ def _when(ts: float) -> str:
 
 
 @app.command("list")
-def list_(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Built images and stages: key, image, size, last used, and whether it is kept by gc."""
+def list_(json_out: bool = typer.Option(False, "--json"),
+          remote: bool = typer.Option(False, "--remote", help="List the remote cache instead of this machine's"),
+          config: Path = ConfigOpt) -> None:
+    """Built images and stages: key, image, size, last used (pushed, for --remote), and
+    whether it is kept by gc (by `pim cache prune --remote`)."""
+    from pim.engine.errors import PimError
     from pim.engine.store.inventory import entries
+
+    if not remote:
+        _table(entries(open_store()), json_out, "LAST USED",
+               lambda e: (e.kind, e.image, e.size, _when(e.last_used), e.referenced))
+        return
+    from pim.engine.remote.admin import entries as remote_entries
+
+    try:
+        items = remote_entries(open_remote_cache(config))
+    except PimError as e:
+        raise fail(e) from None
+    _table(items, json_out, "PUSHED (UTC)",
+           lambda e: (e.stage, e.image, e.size, e.pushed.strftime("%Y-%m-%d %H:%M"), e.kept))
+
+
+def _table(items: list[Any], json_out: bool, when: str, row: Callable[[Any], tuple[str, str | None, int, str, bool]]) -> None:
+    """One line per entry (key, kind, image, size, `when`, kept), or the entries as JSON."""
     from pim.engine.config.units import human_size
 
-    items = entries(open_store())
     if json_out:
         typer.echo(json.dumps([e.to_json() for e in items], indent=2))
         return
-    typer.echo(f"{'KEY':14}{'KIND':9}{'IMAGE':20}{'SIZE':>11}  {'LAST USED':17}KEPT")
+    typer.echo(f"{'KEY':14}{'KIND':11}{'IMAGE':20}{'SIZE':>11}  {when:17}KEPT")
     for e in items:
-        typer.echo(f"{e.key[:12]:14}{e.kind:9}{(e.image or '-'):20}{human_size(e.size):>11}  "
-                   f"{_when(e.last_used):17}{'yes' if e.referenced else 'no'}")
+        kind, image, size, at, kept = row(e)
+        typer.echo(f"{e.key[:12]:14}{kind:11}{(image or '-'):20}{human_size(size):>11}  {at:17}{'yes' if kept else 'no'}")
 
 
 @app.command()

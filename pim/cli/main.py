@@ -8,7 +8,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Build cloud-init-ready qcow2 images from installer ISOs with QEMU.")
 
 def _register() -> None:
-    from pim.cli import build, deploy, doctor, images, tofu, validate, vm
+    from pim.cli import build, cache, deploy, doctor, images, tofu, validate, vm
 
     app.command("build")(build.build)
     app.command("deploy")(deploy.deploy)
@@ -17,6 +17,7 @@ def _register() -> None:
     app.command("doctor")(doctor.doctor)
     app.add_typer(vm.app, name="vm", help="Inspect and control running build VMs")
     app.add_typer(images.app, name="images", help="List, inspect, remove and garbage-collect built images")
+    app.add_typer(cache.app, name="cache", help="Housekeeping of the shared remote build cache")
     app.add_typer(tofu.app, name="tofu", help="Terraform / OpenTofu helpers (external data source)")
 
 

@@ -218,3 +218,49 @@ def test_the_per_user_config_names_the_cache_when_pim_yaml_does_not(
     cfg = make_config(tmp_path / "b", fixture_iso)  # no cache: in it
     b = Run(cfg, tmp_path / "cache-b").ok()
     assert b.result["cached"] and any("pulled final" in m for m in b.logs())
+
+
+def pim_cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **({"PIM_CACHE_DIR": str(cache)} if cache else {}))
+    return subprocess.run([sys.executable, "-m", "pim.cli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_list_and_prune_keep_what_the_newest_build_uses(machine_a: Run, fixture_iso: Path, pim_cache: Path,
+                                                        bucket: str, moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    url = f"s3://{bucket}/prune"
+    cfg_a = config(tmp_path / "a", fixture_iso, url, moto_url)
+    Run(cfg_a, pim_cache).ok()
+    cfg_b = config(tmp_path / "b", fixture_iso, url, moto_url, provision=STEP)
+    b = Run(cfg_b, tmp_path / "cache-b").ok()  # now the newest build of e2e: A's provision and final are not used
+    listed = pim_cli("images", "list", "--remote", "--json", "--config", str(cfg_a))
+    assert listed.returncode == 0, listed.stderr
+    entries = {e["key"]: e for e in json.loads(listed.stdout)}
+    assert len(entries) == 6
+    old_final, new_final = machine_a.result["key"], b.result["key"]
+    assert entries[new_final]["kept"] and not entries[old_final]["kept"]
+    assert sorted(e["stage"] for e in entries.values() if not e["kept"]) == ["final", "provision"]
+
+    kept_young = pim_cli("cache", "prune", "--remote", "--older-than", "30d", "--config", str(cfg_a))
+    assert kept_young.returncode == 0 and "removed 0 object(s)" in kept_young.stderr, kept_young.stderr
+    dry = pim_cli("cache", "prune", "--remote", "--older-than", "0s", "--dry-run", "--config", str(cfg_a))
+    assert dry.returncode == 0 and "would remove 2 object(s)" in dry.stderr, dry.stderr
+    assert len(keys_under(moto_url, bucket, "prune/manifests/")) == 6
+    done = pim_cli("cache", "prune", "--remote", "--older-than", "0s", "--config", str(cfg_a))
+    assert done.returncode == 0 and "removed 2 object(s)" in done.stderr, done.stderr
+    manifests = keys_under(moto_url, bucket, "prune/manifests/")
+    assert f"prune/manifests/{old_final}.json" not in manifests and len(manifests) == 4
+    assert f"prune/blobs/sha256/{machine_a.result['sha256']}" not in keys_under(moto_url, bucket, "prune/blobs/")
+    # What is left still makes B's image on a fresh machine.
+    c = Run(cfg_b, tmp_path / "cache-c").ok()
+    assert c.result["cached"] and c.result["sha256"] == b.result["sha256"]
+
+
+def test_doctor_checks_the_bucket_is_reachable_and_writable(fixture_iso: Path, bucket: str, moto_url: str,  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    good = pim_cli("doctor", "--config", str(config(tmp_path / "ok", fixture_iso, f"s3://{bucket}/team", moto_url)))
+    assert f"ok    remote cache s3://{bucket}/team: readable and writable" in good.stdout, good.stdout
+    assert not keys_under(moto_url, bucket, "team/doctor/")  # the probe is removed
+    missing = pim_cli("doctor", "--config", str(config(tmp_path / "no", fixture_iso, "s3://no-such-bucket-pim", moto_url)))
+    assert missing.returncode == 1
+    assert "FAIL  remote cache: remote cache s3://no-such-bucket-pim" in missing.stdout, missing.stdout

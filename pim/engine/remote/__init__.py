@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from pim.engine.remote.s3 import Bucket
 
 
-def open_remote(cfg: "Config", enabled: bool = True, user_file: Path | None = None) -> "Bucket | None":
+def open_remote(cfg: "Config | None", enabled: bool = True, user_file: Path | None = None) -> "Bucket | None":
     """The remote cache `cfg` (and the per-user config file) name, or None when none
-    is configured or `enabled` is False (`--no-remote-cache`).
+    is configured or `enabled` is False (`--no-remote-cache`). `cfg` None: the
+    per-user file alone.
 
     user_file: the per-user config (default `paths.user_config_file()`), YAML with a
     `cache:` mapping. Raises InputError naming the file for a bad per-user config.
@@ -43,7 +44,7 @@ def open_remote(cfg: "Config", enabled: bool = True, user_file: Path | None = No
         except (OSError, yaml.YAMLError) as e:
             raise InputError(f"{path}: cannot read it ({e}); fix or remove the file") from None
         user = data.get("cache") if isinstance(data, dict) else None
-    project = cfg.cache.model_dump(exclude_unset=True) if cfg.cache is not None else None
+    project = cfg.cache.model_dump(exclude_unset=True) if cfg is not None and cfg.cache is not None else None
     try:
         spec = merge(user, project)
     except ValidationError as e:

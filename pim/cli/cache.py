@@ -33,8 +33,9 @@ def prune(
     verb = "would remove" if dry_run else "removed"
     for e in report.removed:
         typer.echo(f"{verb} {e.key[:12]} {e.stage:10} {e.image or '-':20} {human_size(e.size)}")
-    typer.echo(f"{verb} {len(report.removed)} object(s) and {report.blobs} blob(s), {human_size(report.bytes)}",
-               err=True)
+    aborted = f"; {report.aborted} unfinished upload(s) aborted" if report.aborted else ""
+    typer.echo(f"{verb} {len(report.removed)} object(s) and {report.blobs} blob(s), {human_size(report.bytes)}"
+               f"{aborted}", err=True)
 
 
 def _age(text: str) -> float:

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from pim.engine.remote.s3 import MULTIPART_CHUNK as PART
 from tests.deploy.conftest import moto_url  # noqa: F401  (fixture)
 from tests.e2e.conftest import make_config
 
@@ -189,16 +190,21 @@ def test_an_interrupted_push_leaves_nothing_visible_and_the_next_push_completes(
     cfg = config(tmp_path / "a", fixture_iso, url, moto_url)
     proc = Run(cfg, pim_cache, popen=True).proc
     assert proc.stdout is not None
-    for line in proc.stdout:  # killed (no cleanup at all) while the first object's blobs go up
-        if "pushing install" in line:
+    for line in proc.stdout:  # killed (no cleanup at all) once the install disk's first parts are up
+        event = json.loads(line)
+        if event["kind"] == "progress" and event["stage"] == "install" and event["data"]["done"] > 3 * PART:
             proc.kill()
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not any(k.startswith("interrupted/manifests/") for k in keys_under(moto_url, bucket, "interrupted/"))
+    unfinished = s3(moto_url).list_multipart_uploads(Bucket=bucket, Prefix="interrupted/").get("Uploads", [])
+    assert len(unfinished) == 1, unfinished
 
     again = Run(cfg, pim_cache).ok()
-    assert any("pushed 4 object(s)" in m for m in again.logs()), again.logs()
+    pushed = [m for m in again.logs() if "pushed 4 object(s)" in m]
+    assert pushed and "resumed" in pushed[0], again.logs()  # the parts sent before the kill were kept
+    assert not s3(moto_url).list_multipart_uploads(Bucket=bucket, Prefix="interrupted/").get("Uploads")
     b = Run(config(tmp_path / "b", fixture_iso, url, moto_url), tmp_path / "cache-b").ok()
     assert b.result["sha256"] == machine_a.result["sha256"] and b.result["cached"]
 

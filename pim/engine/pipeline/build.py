@@ -174,8 +174,9 @@ class _Finder:
             self._drop(f"{e}; the build is kept here, the next build pushes it")
             return
         if report.pushed:
+            resumed = f", {report.resumed / (1 << 20):.1f} MiB of it resumed" if report.resumed else ""
             self.events.log(None, f"pushed {len(report.pushed)} object(s) to {self.remote} "
-                                  f"({report.bytes / (1 << 20):.1f} MiB uploaded)")
+                                  f"({report.bytes / (1 << 20):.1f} MiB uploaded{resumed})")
         for k, why in report.held_back.items():
             self.events.log(None, f"not pushed: {k[:12]} ({why})")
 

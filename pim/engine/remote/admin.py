@@ -4,7 +4,8 @@ check that the bucket can be read and written (`pim doctor`).
 Prune keeps every object the newest pushed build of each image references (its
 final and, through `uses`, everything it was built from), and anything pushed within
 the age limit. It removes manifests first (the object is gone at once for every
-reader), then blobs no remaining manifest names; a blob younger than the limit is kept
+reader), then blobs no remaining manifest names, and aborts multipart uploads left
+unfinished before the limit; a blob younger than the limit is kept
 whatever refers to it, so a push in progress (blobs up, index not yet) loses nothing.
 """
 
@@ -83,6 +84,7 @@ class PruneReport:
     removed: list[RemoteEntry]
     blobs: int
     bytes: int
+    aborted: int = 0  # unfinished multipart uploads
 
 
 def prune(bucket: Bucket, older_than: float, dry_run: bool = False,
@@ -100,7 +102,8 @@ def prune(bucket: Bucket, older_than: float, dry_run: bool = False,
     if not dry_run:
         bucket.delete([bucket.manifest_key(e.key) for e in doomed])
         bucket.delete([k for k, _ in blobs])
-    return PruneReport(doomed, len(blobs), sum(size for _, size in blobs))
+    aborted = bucket.abort_unfinished(cutoff, dry_run)
+    return PruneReport(doomed, len(blobs), sum(size for _, size in blobs), aborted)
 
 
 def check(bucket: Bucket) -> str:

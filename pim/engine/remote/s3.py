@@ -12,12 +12,13 @@ with a conditional PUT (If-None-Match: *) so the first of two machines pushing t
 same key wins and the other's blobs simply stay unreferenced. Two pushes never mix
 files: each index names its own blobs by digest.
 
-Retries are botocore's (`standard` mode); large files go through boto3's transfer
-manager (multipart, parallel parts, each part retried).
+Retries are botocore's (`standard` mode); large files go up as S3 multipart
+uploads (parallel parts, each retried, an unfinished upload resumed by its parts).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from pathlib import Path
@@ -163,18 +164,92 @@ class Bucket:
         except ValidationError:
             return None
 
-    def upload(self, path: Path, s3key: str, progress: Callable[[int], None]) -> None:
-        """Upload a file (multipart above MULTIPART_CHUNK, parts in parallel and retried)."""
-        from boto3.s3.transfer import TransferConfig
+    def upload(self, path: Path, s3key: str, progress: Callable[[int], None]) -> int:
+        """Upload a file; above MULTIPART_CHUNK as a multipart upload, parts in parallel,
+        each retried by botocore. An upload an earlier push left unfinished is resumed:
+        its parts whose size and MD5 (the part's ETag) match are kept. Returns the bytes
+        kept that way; raises RemoteCacheError."""
         from botocore.exceptions import BotoCoreError, ClientError
-        from boto3.exceptions import S3UploadFailedError
 
-        config = TransferConfig(multipart_threshold=MULTIPART_CHUNK, multipart_chunksize=MULTIPART_CHUNK,
-                                max_concurrency=4)
+        size = path.stat().st_size
         try:
-            self.client.upload_file(str(path), self.name, s3key, Config=config, Callback=progress)
-        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+            if size <= MULTIPART_CHUNK:
+                with open(path, "rb") as f:
+                    self.client.put_object(Bucket=self.name, Key=s3key, Body=f)
+                progress(size)
+                return 0
+            return self._multipart(path, s3key, size, progress)
+        except (BotoCoreError, ClientError) as e:
             raise self._fail(f"uploading {path.name}", e) from None
+
+    def _multipart(self, path: Path, s3key: str, size: int, progress: Callable[[int], None]) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+        from botocore.exceptions import ClientError
+
+        upload_id, have = self._unfinished(s3key)
+        if upload_id is None:
+            upload_id = self.client.create_multipart_upload(Bucket=self.name, Key=s3key)["UploadId"]
+        count = -(-size // MULTIPART_CHUNK)
+        parts: dict[int, str] = {}
+        kept = 0
+
+        def send(number: int) -> tuple[int, str, bool]:
+            with open(path, "rb") as f:
+                f.seek((number - 1) * MULTIPART_CHUNK)
+                data = f.read(MULTIPART_CHUNK)
+            etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+            if have.get(number) == (etag, len(data)):
+                progress(len(data))
+                return number, etag, True
+            got = self.client.upload_part(Bucket=self.name, Key=s3key, UploadId=upload_id, PartNumber=number,
+                                          Body=data)["ETag"]
+            progress(len(data))
+            return number, got, False
+
+        pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pim-upload")
+        try:
+            for number, etag, reused in pool.map(send, range(1, count + 1)):
+                parts[number] = etag
+                kept += min(MULTIPART_CHUNK, size - (number - 1) * MULTIPART_CHUNK) if reused else 0
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.name, Key=s3key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
+        except ClientError:
+            if not self.exists(s3key, size):  # another machine completed the same blob first
+                raise
+        return kept
+
+    def _unfinished(self, s3key: str) -> tuple[str | None, dict[int, tuple[str, int]]]:
+        """The newest unfinished multipart upload of s3key and its parts {number: (ETag, size)}."""
+        uploads = [u for u in self.client.list_multipart_uploads(Bucket=self.name, Prefix=s3key).get("Uploads", [])
+                   if u["Key"] == s3key]
+        if not uploads:
+            return None, {}
+        newest = max(uploads, key=lambda u: u["Initiated"])
+        have: dict[int, tuple[str, int]] = {}
+        for page in self.client.get_paginator("list_parts").paginate(Bucket=self.name, Key=s3key,
+                                                                     UploadId=newest["UploadId"]):
+            have.update({p["PartNumber"]: (p["ETag"], p["Size"]) for p in page.get("Parts", [])})
+        return newest["UploadId"], have
+
+    def abort_unfinished(self, older_than: datetime.datetime, dry_run: bool = False) -> int:
+        """Abort multipart uploads under the prefix started before `older_than` (pushes
+        that never finished); returns how many."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            stale = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                         Bucket=self.name, Prefix=self.prefix)
+                     for u in page.get("Uploads", []) if u["Initiated"] < older_than]
+            if not dry_run:
+                for u in stale:
+                    self.client.abort_multipart_upload(Bucket=self.name, Key=u["Key"], UploadId=u["UploadId"])
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("aborting unfinished uploads", e) from None
+        return len(stale)
 
     def download(self, blob: Blob, dest: Path, progress: Callable[[int], None]) -> None:
         """Stream blob into dest, hashing as it comes; raises CorruptBlob (dest removed)

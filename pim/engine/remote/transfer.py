@@ -121,6 +121,7 @@ class PushReport:
     present: list[str] = field(default_factory=list)
     held_back: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
+    resumed: int = 0  # bytes of parts an earlier, unfinished push had uploaded already
 
 
 def lineage_keys(store: Store, key: str) -> list[str]:
@@ -163,7 +164,9 @@ def push(bucket: Bucket, store: Store, key: str, events: Emitter) -> PushReport:
         if blocked:
             report.held_back[k] = f"it reads {blocked[0][:12]}, which the remote holds from another build"
             continue
-        report.bytes += _push_object(bucket, store, k, m, events)
+        sent, kept = _push_object(bucket, store, k, m, events)
+        report.bytes += sent
+        report.resumed += kept
         report.pushed.append(k)
     m = store.manifest(key)
     if m.image and key not in report.held_back:
@@ -171,7 +174,9 @@ def push(bucket: Bucket, store: Store, key: str, events: Emitter) -> PushReport:
     return report
 
 
-def _push_object(bucket: Bucket, store: Store, key: str, m: Manifest, events: Emitter) -> int:
+def _push_object(bucket: Bucket, store: Store, key: str, m: Manifest, events: Emitter) -> tuple[int, int]:
+    """Upload one object's missing blobs, then its index. Returns (bytes of the blobs
+    uploaded, bytes of those resumed from an unfinished upload)."""
     from pim.engine.source.fetch import sha256_file
 
     folder = store.object(key)
@@ -185,13 +190,14 @@ def _push_object(bucket: Bucket, store: Store, key: str, m: Manifest, events: Em
     if todo:
         events.log(m.stage, f"pushing {m.stage} {key[:12]} to {bucket} ({_mib(total)})")
     progress = _Progress(events, m.stage, total, f"pushing {m.stage} {key[:12]}")
+    kept = 0
     for name, blob in todo.items():
-        bucket.upload(folder / name, bucket.blob_key(blob.sha256), progress)
+        kept += bucket.upload(folder / name, bucket.blob_key(blob.sha256), progress)
     index = RemoteIndex(key=key, stage=m.stage, image=m.image, pushed=manifests.now(), pim_version=pim.__version__,
                         manifest=m.model_dump(mode="json"), files=files)
     if not bucket.put_json(bucket.manifest_key(key), index.model_dump(mode="json"), only_new=True):
         events.log(m.stage, f"{key[:12]} was pushed meanwhile by another machine")
-    return total
+    return total, kept
 
 
 def _mib(n: int) -> str:

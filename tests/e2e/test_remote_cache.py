@@ -270,3 +270,56 @@ def test_doctor_checks_the_bucket_is_reachable_and_writable(fixture_iso: Path, b
     missing = pim_cli("doctor", "--config", str(config(tmp_path / "no", fixture_iso, "s3://no-such-bucket-pim", moto_url)))
     assert missing.returncode == 1
     assert "FAIL  remote cache: remote cache s3://no-such-bucket-pim" in missing.stdout, missing.stdout
+
+
+# ---------------------------------------------------------------- IaC front ends
+
+def test_pulumi_create_on_a_cold_machine_pulls_instead_of_building(machine_a: Run, fixture_iso: Path, bucket: str,
+                                                                   moto_url: str, runtime_root: Path,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    from pim.pulumi_provider.image import ImageProvider
+    from pim.pulumi_provider.inputs import IMAGE_OUTPUTS
+    from tests.pulumi.grpc_client import DynamicServer, provider_env, with_provider
+
+    cache = tmp_path / "cache-b"
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url)
+    server = DynamicServer(provider_env(PIM_CACHE_DIR=str(cache), XDG_RUNTIME_DIR=str(runtime_root)),
+                           "pulumi-python:dynamic/pim:Image").start()
+    try:
+        server.configure({})
+        props = with_provider({"config": str(cfg), "image": "e2e", "delete_artifact": False,
+                               **dict.fromkeys(IMAGE_OUTPUTS)}, ImageProvider())
+        checked, failures = server.check("e2e", {}, props)
+        assert failures == [] and not list((cache / "objects").glob("*"))  # a preview pulls nothing
+        id_, outs = server.create("e2e", checked)
+    finally:
+        server.stop()
+    assert id_ == machine_a.result["key"] and outs["sha256"] == machine_a.result["sha256"]
+    assert Path(outs["path"]).parent.parent == cache / "objects"
+    assert "pulled final" in server.log and "starting QEMU" not in server.log
+
+
+def test_terraform_apply_on_a_cold_machine_pulls_instead_of_building(machine_a: Run, fixture_iso: Path, bucket: str,
+                                                                     moto_url: str, runtime_root: Path,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    from tests.tofu.tf import TERRAFORM, Terraform
+
+    if TERRAFORM is None:
+        pytest.skip("no terraform binary on PATH (install Terraform >= 1.0)")
+    cache = tmp_path / "cache-b"
+    config(tmp_path / "pim", fixture_iso, f"s3://{bucket}/team", moto_url)
+    (tmp_path / "main.tf").write_text(
+        'terraform {\n  required_providers {\n    pim = { source = "pim.invalid/pim/pim" }\n  }\n}\n'
+        'resource "pim_image" "e2e" {\n  config = "pim/pim.yaml"\n  image  = "e2e"\n}\n'
+        'output "path" { value = pim_image.e2e.path }\noutput "sha256" { value = pim_image.e2e.sha256 }\n')
+    tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(cache), "XDG_RUNTIME_DIR": str(runtime_root),
+                                                    "TF_LOG_PROVIDER": "INFO"})
+    plan = tf("plan", "-detailed-exitcode", ok=(2,)).stdout
+    assert machine_a.result["key"] in plan
+    assert not list((cache / "objects").glob("*"))  # a plan answers from the key alone
+    applied = tf("apply", "-auto-approve")
+    assert "pulled final" in applied.stdout + applied.stderr
+    assert "starting QEMU" not in applied.stdout + applied.stderr
+    outputs = json.loads(tf("output", "-json").stdout)
+    assert outputs["sha256"]["value"] == machine_a.result["sha256"]
+    assert Path(outputs["path"]["value"]).read_bytes() == Path(machine_a.result["path"]).read_bytes()

@@ -192,7 +192,7 @@ def test_an_interrupted_push_leaves_nothing_visible_and_the_next_push_completes(
     assert proc.stdout is not None
     for line in proc.stdout:  # killed (no cleanup at all) once the install disk's first parts are up
         event = json.loads(line)
-        if event["kind"] == "progress" and event["stage"] == "install" and event["data"]["done"] > 3 * PART:
+        if event["kind"] == "progress" and "pushing install" in event["message"] and event["data"]["done"] > 3 * PART:
             proc.kill()
             break
     proc.wait(timeout=60)

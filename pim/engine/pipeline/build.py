@@ -21,6 +21,7 @@ from pim.engine.pipeline import keys as keymod
 from pim.engine.pipeline.context import BuildContext
 from pim.engine.pipeline.stage import Stage, StageOutput, StageSkipped
 from pim.engine.pipeline.stages import STAGES
+from pim.engine.pipeline.finder import Finder, usable
 from pim.engine.remote.s3 import Bucket
 from pim.engine.source.fetch import resolve_iso
 from pim.engine.store import manifest as manifests
@@ -106,8 +107,9 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     Events go to `events` (stage-begin/stage-end with `key` and `cached`, log,
     progress, warning). `force` rebuilds every stage. With a `remote` cache
     (`pim.engine.remote.open_remote`), a stage missing locally is pulled from it when
-    it is there, and what the build produced is pushed to it afterwards (when its
-    settings allow); a remote that fails is a warning, never a failed build. Raises InputError for bad
+    it is there, and what the build produced is pushed to it (when its
+    settings allow: each object as soon as it is published, while the build goes on);
+    a remote that fails is a warning, never a failed build. Raises InputError for bad
     input, BuildError (InstallerFailed, ProvisionError, VMError, CommandError) when a
     stage fails; an interrupt (KeyboardInterrupt) unwinds the same way. Whatever
     happens, no QEMU, runtime file or scratch folder is left, and no unfinished
@@ -123,8 +125,9 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     # again once it has it, so a concurrent build of the same image waits there and
     # then finds the stages published. Leases are held until the ref is written, so
     # gc never sees a new image unreferenced.
-    finder = _Finder(store, remote, events)
     with contextlib.ExitStack() as held:
+        # Closed before the leases are let go: an upload still running is stopped first.
+        finder = held.enter_context(Finder(store, remote, events))
         held.enter_context(store.lease(keys.final))
         if not force and finder.usable(keys.final, held) is not None:
             events.emit("stage-end", "final", "cache hit", cached=True, key=keys.final)
@@ -137,55 +140,11 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
             ctx = BuildContext(cfg, spec, name, store, events, iso, iso_sha, keys, verdict.accel, work, builder)
             outputs = run_stages(ctx, held, force, finder)
             result = _result(store, name, keys.final, cached=outputs["final"].cached)
-        finder.push(keys.final)
+        finder.finish(keys.final)
         return result
 
 
-class _Finder:
-    """Where the build finds a stage object: the local store, else the remote cache
-    (pulled into the store). A remote that fails is dropped for the rest of the build."""
-
-    def __init__(self, store: Store, remote: Bucket | None, events: Emitter):
-        self.store, self.remote, self.events = store, remote, events
-
-    def usable(self, key: str, held: contextlib.ExitStack) -> Manifest | None:
-        """The local object's manifest (see `_usable`), pulling it first on a local miss."""
-        found = _usable(self.store, key, held)
-        if found is not None or self.remote is None:
-            return found
-        from pim.engine.remote.transfer import RemoteCacheError, pull
-
-        try:
-            pulled = pull(self.remote, self.store, key, self.events, held)
-        except RemoteCacheError as e:
-            self._drop(f"{e}; going on without the remote cache")
-            return None
-        return _usable(self.store, key, held) if pulled is not None else None
-
-    def push(self, key: str) -> None:
-        """Upload what the remote lacks of `key`'s lineage (settings permitting); warn on failure."""
-        if self.remote is None or not self.remote.spec.push:
-            return
-        from pim.engine.remote.transfer import RemoteCacheError, push
-
-        try:
-            report = push(self.remote, self.store, key, self.events)
-        except RemoteCacheError as e:
-            self._drop(f"{e}; the build is kept here, the next build pushes it")
-            return
-        if report.pushed:
-            resumed = f", {report.resumed / (1 << 20):.1f} MiB of it resumed" if report.resumed else ""
-            self.events.log(None, f"pushed {len(report.pushed)} object(s) to {self.remote} "
-                                  f"({report.bytes / (1 << 20):.1f} MiB uploaded{resumed})")
-        for k, why in report.held_back.items():
-            self.events.log(None, f"not pushed: {k[:12]} ({why})")
-
-    def _drop(self, message: str) -> None:
-        self.events.warning(None, message)
-        self.remote = None
-
-
-def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool, finder: _Finder) -> list[tuple[Stage, str, bool]]:
+def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool, finder: Finder) -> list[tuple[Stage, str, bool]]:
     """(stage, key, cached) for the stages this build needs, in pipeline order.
 
     Starting from the final stage, a stage that is not cached brings in the stages it
@@ -213,27 +172,8 @@ def _plan(ctx: BuildContext, held: contextlib.ExitStack, force: bool, finder: _F
     return [planned[s.name] for s in STAGES if s.name in planned]
 
 
-def _usable(store: Store, key: str, held: contextlib.ExitStack) -> Manifest | None:
-    """The manifest of object `key` when it and every object it reads are published, and
-    those are the very objects it was built on (a rebuilt backing object has a new
-    `id`, and an overlay on the old one would read wrong bytes); else None. Leases
-    them all and reads each manifest once."""
-    if not store.has(key):
-        return None
-    try:
-        m = store.manifest(key)
-    except manifests.ManifestError:
-        return None
-    for stage, dep in m.reads.items():
-        held.enter_context(store.lease(dep))
-        used = _usable(store, dep, held)
-        if used is None or (stage in m.uses_ids and used.id != m.uses_ids[stage]):
-            return None
-    return m
-
-
 def run_stages(ctx: BuildContext, held: contextlib.ExitStack, force: bool = False,
-               finder: _Finder | None = None) -> dict[str, StageOutput]:
+               finder: Finder | None = None) -> dict[str, StageOutput]:
     """The build loop: run (or reuse) each planned stage in order and publish its object.
 
     Returns the published outputs by stage name. Leases taken on the way stay in
@@ -242,15 +182,17 @@ def run_stages(ctx: BuildContext, held: contextlib.ExitStack, force: bool = Fals
     store, events = ctx.store, ctx.events
     outputs: dict[str, StageOutput] = {}
     lineage: dict[str, StageRef] = {}
-    for stage, key, cached in _plan(ctx, held, force, finder or _Finder(store, None, events)):
+    for stage, key, cached in _plan(ctx, held, force, finder or Finder(store, None, events)):
         with store.lock(key):
-            cached = cached or (not force and _usable(store, key, held) is not None)  # made meanwhile
+            cached = cached or (not force and usable(store, key, held) is not None)  # made meanwhile
             events.emit("stage-begin", stage.name, key=key, cached=cached)
             if not cached:
                 if store.object(key).exists():  # stale (built on replaced objects) or forced
                     store.set_aside(key)
                 try:
                     _run_one(ctx, stage, key, outputs, lineage)
+                    if finder is not None:
+                        finder.published(key)
                 except StageSkipped as e:
                     if not stage.optional:
                         raise

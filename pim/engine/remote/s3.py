@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -85,6 +86,7 @@ class Bucket:
 
         self.spec = spec
         self.name, self.prefix = spec.bucket, spec.prefix
+        self.cancelled = threading.Event()  # set: uploads stop at their next part (the build ended)
         session = boto3.session.Session(profile_name=spec.profile, region_name=spec.region)
         self.client = session.client("s3", endpoint_url=spec.endpoint_url, config=BotoConfig(
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60))
@@ -194,6 +196,8 @@ class Bucket:
         kept = 0
 
         def send(number: int) -> tuple[int, str, bool]:
+            if self.cancelled.is_set():
+                raise RemoteCacheError(f"remote cache {self}: the upload of {path.name} was stopped")
             with open(path, "rb") as f:
                 f.seek((number - 1) * MULTIPART_CHUNK)
                 data = f.read(MULTIPART_CHUNK)

@@ -189,7 +189,8 @@ def _push_object(bucket: Bucket, store: Store, key: str, m: Manifest, events: Em
     total = sum(b.size for b in todo.values())
     if todo:
         events.log(m.stage, f"pushing {m.stage} {key[:12]} to {bucket} ({_mib(total)})")
-    progress = _Progress(events, m.stage, total, f"pushing {m.stage} {key[:12]}")
+    # Its own progress line: the build may be running a later stage meanwhile.
+    progress = _Progress(events, "push", total, f"pushing {m.stage} {key[:12]}")
     kept = 0
     for name, blob in todo.items():
         kept += bucket.upload(folder / name, bucket.blob_key(blob.sha256), progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -323,3 +324,81 @@ def test_terraform_apply_on_a_cold_machine_pulls_instead_of_building(machine_a: 
     outputs = json.loads(tf("output", "-json").stdout)
     assert outputs["sha256"]["value"] == machine_a.result["sha256"]
     assert Path(outputs["path"]["value"]).read_bytes() == Path(machine_a.result["path"]).read_bytes()
+
+
+# ---------------------------------------------------------------- failures and races
+
+def test_an_unreachable_remote_is_a_warning_and_the_build_still_succeeds(machine_a: Run, fixture_iso: Path,
+                                                                         pim_cache: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    b = Run(config(tmp_path / "a", fixture_iso, "s3://team-cache", dead), pim_cache).ok()
+    assert b.result["key"] == machine_a.result["key"]
+    warnings = [e["message"] for e in b.events if e["kind"] == "warning"]
+    assert any("remote cache s3://team-cache" in w and "next build pushes it" in w for w in warnings), warnings
+
+
+def test_an_index_that_names_another_key_is_not_trusted(machine_a: Run, fixture_iso: Path, pim_cache: Path,
+                                                        bucket: str, moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    url = f"s3://{bucket}/swapped"
+    Run(config(tmp_path / "a", fixture_iso, url, moto_url), pim_cache).ok()
+    final, client = machine_a.result["key"], s3(moto_url)
+    index = json.loads(client.get_object(Bucket=bucket, Key=f"swapped/manifests/{final}.json")["Body"].read())
+    other = "0" * 64
+    index["manifest"]["key"] = other  # an object published under another key's name
+    client.put_object(Bucket=bucket, Key=f"swapped/manifests/{final}.json", Body=json.dumps(index).encode())
+    b = Run(config(tmp_path / "b", fixture_iso, url, moto_url, push=False), tmp_path / "cache-b").ok()
+    warnings = [e["message"] for e in b.events if e["kind"] == "warning"]
+    assert any(f"says it is {other[:12]}" in w for w in warnings), warnings
+    assert b.began()["final"] is False and b.result["key"] == final
+
+
+def test_two_machines_pushing_one_key_at_once_leave_one_consistent_object(
+        machine_a: Run, pim_cache: Path, bucket: str, moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """Two builds of the same install key (same inputs, different bytes) pushed at the
+    same moment: one index wins, it names only its own blobs, and a pull gets that build."""
+    import shutil
+    import threading
+
+    from pim.engine.events import Emitter
+    from pim.engine.remote.s3 import Bucket
+    from pim.engine.remote.spec import CacheSpec
+    from pim.engine.remote.transfer import pull, push
+    from pim.engine.store.manifest import Manifest
+    from pim.engine.store.objects import Store
+
+    a = Store(pim_cache)
+    install = json.loads(Path(machine_a.result["manifest"]).read_text())["lineage"]["install"]["key"]
+    other = Store(tmp_path / "other")  # "another machine's" build of that key: other bytes, another id
+    staging = other.root / "tmp" / "copy"
+    shutil.copytree(a.object(install), staging)
+    (staging / "done").unlink()
+    with open(staging / "disk.qcow2", "ab") as f:
+        f.write(b"\0" * 512)
+    other.publish(staging, Manifest.model_validate({**a.manifest(install).model_dump(), "id": ""}))
+    assert other.manifest(install).id != a.manifest(install).id
+
+    spec = CacheSpec(remote=f"s3://{bucket}/race", endpoint_url=moto_url)
+    reports: dict[str, Any] = {}
+    start = threading.Barrier(2)
+
+    def run(name: str, store: Store) -> None:
+        start.wait()
+        reports[name] = push(Bucket(spec), store, install, Emitter())
+
+    threads = [threading.Thread(target=run, args=(n, st)) for n, st in (("a", a), ("other", other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    index = json.loads(s3(moto_url).get_object(Bucket=bucket, Key=f"race/manifests/{install}.json")["Body"].read())
+    winner = a if index["manifest"]["id"] == a.manifest(install).id else other
+    assert index["manifest"]["id"] == winner.manifest(install).id
+    import contextlib
+
+    fresh = Store(tmp_path / "fresh")
+    with contextlib.ExitStack() as held:
+        got = pull(Bucket(spec), fresh, install, Emitter(), held)
+    assert got is not None and got.id == winner.manifest(install).id
+    assert (fresh.object(install) / "disk.qcow2").read_bytes() == (winner.object(install) / "disk.qcow2").read_bytes()

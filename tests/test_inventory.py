@@ -180,7 +180,7 @@ def test_an_object_built_on_a_replaced_object_is_stale(tmp_path: Path) -> None:
     that object is rebuilt under the same key, the overlay is no longer usable."""
     import contextlib
 
-    from pim.engine.pipeline.build import _usable
+    from pim.engine.pipeline.finder import usable
 
     store = Store(tmp_path)
     _publish(store, _stage("install", K["1"]))
@@ -189,13 +189,13 @@ def test_an_object_built_on_a_replaced_object_is_stale(tmp_path: Path) -> None:
     m = _stage("provision", K["7"], boot=K["5"]).model_copy(update={"uses_ids": {"boot": boot_id}})
     _publish(store, m)
     with contextlib.ExitStack() as held:
-        assert _usable(store, K["7"], held)
+        assert usable(store, K["7"], held)
     store.set_aside(K["5"])
     _publish(store, _stage("boot", K["5"], install=K["1"]))
     assert store.manifest(K["5"]).id != boot_id
     with contextlib.ExitStack() as held:
-        assert not _usable(store, K["7"], held)
-        assert _usable(store, K["5"], held)
+        assert not usable(store, K["7"], held)
+        assert usable(store, K["5"], held)
 
 
 def test_removal_never_leaves_a_half_deleted_object(store: Store) -> None:

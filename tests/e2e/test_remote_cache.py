@@ -7,6 +7,7 @@ pushes; each "machine B" is an empty cache folder of its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -385,20 +386,30 @@ def test_two_machines_pushing_one_key_at_once_leave_one_consistent_object(
 
     def run(name: str, store: Store) -> None:
         start.wait()
-        reports[name] = push(Bucket(spec), store, install, Emitter())
+        try:
+            reports[name] = push(Bucket(spec), store, install, Emitter())
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            reports[name] = e
 
     threads = [threading.Thread(target=run, args=(n, st)) for n, st in (("a", a), ("other", other))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
+    assert not any(isinstance(r, BaseException) for r in reports.values()), reports
     index = json.loads(s3(moto_url).get_object(Bucket=bucket, Key=f"race/manifests/{install}.json")["Body"].read())
-    winner = a if index["manifest"]["id"] == a.manifest(install).id else other
-    assert index["manifest"]["id"] == winner.manifest(install).id
+    winner, loser = ("a", "other") if index["manifest"]["id"] == a.manifest(install).id else ("other", "a")
+    winner_store = a if winner == "a" else other
+    # The loser knows it lost: its object is held back, so nothing built on it is pushed.
+    assert install in reports[loser].held_back and install not in reports[loser].pushed
+    assert install in reports[winner].pushed + reports[winner].present
+    assert {b["sha256"] for b in index["files"].values()} == {
+        hashlib.sha256((winner_store.object(install) / n).read_bytes()).hexdigest() for n in index["files"]}
     import contextlib
 
     fresh = Store(tmp_path / "fresh")
     with contextlib.ExitStack() as held:
         got = pull(Bucket(spec), fresh, install, Emitter(), held)
-    assert got is not None and got.id == winner.manifest(install).id
-    assert (fresh.object(install) / "disk.qcow2").read_bytes() == (winner.object(install) / "disk.qcow2").read_bytes()
+    assert got is not None and got.id == winner_store.manifest(install).id
+    assert (fresh.object(install) / "disk.qcow2").read_bytes() == \
+        (winner_store.object(install) / "disk.qcow2").read_bytes()

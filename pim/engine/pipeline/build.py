@@ -125,9 +125,8 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     # again once it has it, so a concurrent build of the same image waits there and
     # then finds the stages published. Leases are held until the ref is written, so
     # gc never sees a new image unreferenced.
-    with contextlib.ExitStack() as held:
-        # Closed before the leases are let go: an upload still running is stopped first.
-        finder = held.enter_context(Finder(store, remote, events))
+    # The finder is left before the leases are let go: an upload still running stops first.
+    with contextlib.ExitStack() as held, Finder(store, remote, events) as finder:
         held.enter_context(store.lease(keys.final))
         if not force and finder.usable(keys.final, held) is not None:
             events.emit("stage-end", "final", "cache hit", cached=True, key=keys.final)

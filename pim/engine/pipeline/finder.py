@@ -114,6 +114,9 @@ class Finder:
                 continue
             except manifests.ManifestError:  # removed meanwhile (pim images rm): nothing to push
                 continue
+            except Exception as e:  # noqa: BLE001 - a file gone under the upload, say: never the build's failure
+                self._drop(f"remote cache {remote}: the push failed ({e!r}); the build is kept here")
+                continue
             self._pushed += [k for k in report.pushed if k not in self._pushed]
             self._held_back.update(report.held_back)
             self._bytes += report.bytes

@@ -3,7 +3,7 @@ check that the bucket can be read and written (`pim doctor`).
 
 Prune keeps every object the newest pushed build of each image references (its
 final and, through `uses`, everything it was built from), and anything pushed within
-the age limit. It removes manifests first (the object is gone at once for every
+the age limit with everything it is built on. It removes manifests first (the object is gone at once for every
 reader), then blobs no remaining manifest names, and aborts multipart uploads left
 unfinished before the limit; a blob younger than the limit is kept
 whatever refers to it, so a push in progress (blobs up, index not yet) loses nothing.
@@ -15,7 +15,7 @@ import datetime
 import uuid
 from dataclasses import dataclass, field
 
-from pim.engine.remote.s3 import Bucket, RemoteCacheError, RemoteIndex
+from pim.engine.remote.s3 import BadIndex, Bucket, RemoteCacheError, RemoteIndex
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,23 @@ def _indexes(bucket: Bucket) -> dict[str, tuple[RemoteIndex | None, datetime.dat
         name = obj["Key"].rsplit("/", 1)[-1]
         if name.endswith(".json"):
             key = name[: -len(".json")]
-            out[key] = (bucket.index(key), obj["LastModified"])
+            try:
+                out[key] = (bucket.index(key), obj["LastModified"])
+            except BadIndex:
+                out[key] = (None, obj["LastModified"])
     return out
 
 
-def _kept(bucket: Bucket, indexes: dict[str, tuple[RemoteIndex | None, datetime.datetime]]) -> set[str]:
-    todo = []
+def _kept(bucket: Bucket, indexes: dict[str, tuple[RemoteIndex | None, datetime.datetime]],
+          also: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
+    """What the newest build of each image uses (refs/ and their `uses` chains), and
+    what the objects in `also` use."""
+    todo = list(also)
     for obj in bucket.list("refs/"):
-        ref = bucket.get_json(obj["Key"])
+        try:
+            ref = bucket.get_json(obj["Key"])
+        except BadIndex:
+            continue
         if isinstance(ref, dict) and isinstance(ref.get("key"), str):
             todo.append(ref["key"])
     kept: set[str] = set()
@@ -67,7 +76,10 @@ def _kept(bucket: Bucket, indexes: dict[str, tuple[RemoteIndex | None, datetime.
 def entries(bucket: Bucket) -> list[RemoteEntry]:
     """Every object the remote cache holds, newest push first. Raises RemoteCacheError."""
     indexes = _indexes(bucket)
-    kept = _kept(bucket, indexes)
+    return _entries(indexes, _kept(bucket, indexes))
+
+
+def _entries(indexes: dict[str, tuple[RemoteIndex | None, datetime.datetime]], kept: set[str]) -> list[RemoteEntry]:
     out = []
     for key, (idx, modified) in indexes.items():
         out.append(RemoteEntry(
@@ -93,8 +105,11 @@ def prune(bucket: Bucket, older_than: float, dry_run: bool = False,
     build references, then the blobs only they used. Raises RemoteCacheError."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cutoff = now - datetime.timedelta(seconds=older_than)
-    all_entries = entries(bucket)
-    doomed = [e for e in all_entries if not e.kept and e.pushed < cutoff]
+    indexes = _indexes(bucket)
+    # Young objects stay, and so does everything they are built on.
+    keep = _kept(bucket, indexes, {k for k, (_, pushed) in indexes.items() if pushed >= cutoff})
+    all_entries = _entries(indexes, keep)
+    doomed = [e for e in all_entries if not e.kept]
     doomed_keys = {e.key for e in doomed}
     still_named = set().union(*(e.blobs for e in all_entries if e.key not in doomed_keys))
     blobs = [(o["Key"], o["Size"]) for o in bucket.list("blobs/sha256/")

@@ -21,11 +21,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pim.engine.errors import BuildError
 from pim.engine.remote.spec import CacheSpec
@@ -43,14 +45,24 @@ class CorruptBlob(RemoteCacheError):
     """A downloaded file's size or sha256 is not what the object's index says."""
 
 
+class BadIndex(CorruptBlob):
+    """An object's index in the bucket cannot be read or is unsafe to follow."""
+
+
+_DIGEST = r"^[0-9a-f]{64}$"
+# A file name in an object folder: one path segment, never "." or ".." (an index is
+# data from the bucket: a name like "../x" must not write outside the pull's staging).
+_FILE_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,100}$")
+
+
 class Blob(BaseModel):
     """One file of a remote object: its digest, size in bytes, and for a qcow2 overlay
     the stage whose disk backs it (rebased to the local store's path on pull)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    sha256: str
-    size: int
+    sha256: str = Field(pattern=_DIGEST)
+    size: int = Field(ge=0)
     backing: str | None = None
 
 
@@ -68,6 +80,14 @@ class RemoteIndex(BaseModel):
     manifest: dict[str, Any]
     files: dict[str, Blob]
 
+    @field_validator("files")
+    @classmethod
+    def _names(cls, files: dict[str, Blob]) -> dict[str, Blob]:
+        bad = [name for name in files if not _FILE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"file names that are not one plain path segment: {bad[:3]}")
+        return files
+
     @property
     def size(self) -> int:
         return sum(b.size for b in self.files.values())
@@ -84,12 +104,17 @@ class Bucket:
         import boto3
         from botocore.config import Config as BotoConfig
 
+        from botocore.exceptions import BotoCoreError
+
         self.spec = spec
         self.name, self.prefix = spec.bucket, spec.prefix
         self.cancelled = threading.Event()  # set: uploads stop at their next part (the build ended)
-        session = boto3.session.Session(profile_name=spec.profile, region_name=spec.region)
-        self.client = session.client("s3", endpoint_url=spec.endpoint_url, config=BotoConfig(
-            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60))
+        try:
+            session = boto3.session.Session(profile_name=spec.profile, region_name=spec.region)
+            self.client = session.client("s3", endpoint_url=spec.endpoint_url, config=BotoConfig(
+                retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60))
+        except BotoCoreError as e:  # an unknown profile, a bad region name
+            raise RemoteCacheError(f"remote cache {spec.remote}: {e} (see cache.profile and cache.region)") from None
 
     def __str__(self) -> str:
         return self.spec.remote
@@ -109,7 +134,7 @@ class Bucket:
         return RemoteCacheError(f"remote cache {self}: {what} failed: {e}")
 
     def get_json(self, s3key: str) -> Any | None:
-        """The JSON document at s3key, or None when there is none."""
+        """The JSON document at s3key, or None when there is none; BadIndex when it is not JSON."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -123,7 +148,7 @@ class Bucket:
         try:
             return json.loads(body)
         except ValueError:
-            return None
+            raise BadIndex(f"remote cache {self}: {s3key} is not JSON") from None
 
     def put_json(self, s3key: str, data: Any, only_new: bool = False) -> bool:
         """Write a JSON document; with only_new, only if nothing is there yet (a
@@ -157,14 +182,17 @@ class Bucket:
         return size is None or head.get("ContentLength") == size
 
     def index(self, key: str) -> RemoteIndex | None:
-        """The remote object `key`, or None when it was never pushed (or its index is unreadable)."""
-        data = self.get_json(self.manifest_key(key))
+        """The remote object `key`, or None when it was never pushed. Raises BadIndex
+        when its index is there but is not one (unreadable JSON, unsafe file names)."""
+        s3key = self.manifest_key(key)
+        data = self.get_json(s3key)
         if data is None:
             return None
         try:
             return RemoteIndex.model_validate(data)
-        except ValidationError:
-            return None
+        except ValidationError as e:
+            raise BadIndex(f"remote cache {self}: {s3key} is not a valid index "
+                           f"({e.errors()[0]['loc']}: {e.errors()[0]['msg']})") from None
 
     def upload(self, path: Path, s3key: str, progress: Callable[[int], None]) -> int:
         """Upload a file; above MULTIPART_CHUNK as a multipart upload, parts in parallel,
@@ -246,7 +274,7 @@ class Bucket:
 
         try:
             stale = [u for page in self.client.get_paginator("list_multipart_uploads").paginate(
-                         Bucket=self.name, Prefix=self.prefix)
+                         Bucket=self.name, Prefix=f"{self.prefix}blobs/")
                      for u in page.get("Uploads", []) if u["Initiated"] < older_than]
             if not dry_run:
                 for u in stale:
@@ -255,15 +283,21 @@ class Bucket:
             raise self._fail("aborting unfinished uploads", e) from None
         return len(stale)
 
-    def download(self, blob: Blob, dest: Path, progress: Callable[[int], None]) -> None:
-        """Stream blob into dest, hashing as it comes; raises CorruptBlob (dest removed)
-        when the bytes are not the blob's size and sha256."""
+    def download(self, blob: Blob, dest: Path, progress: Callable[[int], None], mode: int = 0o644) -> None:
+        """Stream blob into dest (a new file with `mode`), hashing as it comes; raises
+        CorruptBlob (dest removed) when the bytes are not the blob's size and sha256, or
+        the blob is missing (pruned under a push that still named it)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         h, got = hashlib.sha256(), 0
         try:
-            body = self.client.get_object(Bucket=self.name, Key=self.blob_key(blob.sha256))["Body"]
-            with open(dest, "wb") as f:
+            try:
+                body = self.client.get_object(Bucket=self.name, Key=self.blob_key(blob.sha256))["Body"]
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise CorruptBlob(f"remote cache {self}: {dest.name} is missing (blob {blob.sha256[:12]})") from None
+                raise
+            with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
                 for chunk in _chunks(body):
                     h.update(chunk)
                     f.write(chunk)

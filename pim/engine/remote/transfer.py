@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pim
 from pim.engine.events import Emitter
-from pim.engine.remote.s3 import Blob, Bucket, CorruptBlob, RemoteCacheError, RemoteIndex
+from pim.engine.remote.s3 import BadIndex, Blob, Bucket, CorruptBlob, RemoteCacheError, RemoteIndex
 from pim.engine.store import manifest as manifests
 from pim.engine.store.manifest import Manifest
 from pim.engine.store.objects import Store
@@ -54,7 +54,11 @@ def pull(bucket: Bucket, store: Store, key: str, events: Emitter, held: contextl
     remote object cannot be trusted (reported as a warning; nothing is kept). The
     objects are leased in `held`. Raises RemoteCacheError when the bucket cannot be read.
     """
-    idx = bucket.index(key)
+    try:
+        idx = bucket.index(key)
+    except BadIndex as e:
+        events.warning(None, f"{e}; building instead")
+        return None
     if idx is None:
         return None
     try:
@@ -62,8 +66,9 @@ def pull(bucket: Bucket, store: Store, key: str, events: Emitter, held: contextl
     except ValueError:
         events.warning(idx.stage, f"remote cache: {key[:12]} has an unreadable manifest; building instead")
         return None
-    if idx.key != key or m.key != key:
-        events.warning(m.stage, f"remote cache: the object under {key[:12]} says it is {m.key[:12]}; building instead")
+    problem = _untrusted(idx, m, key)
+    if problem:
+        events.warning(m.stage, f"remote cache: {problem}; building instead")
         return None
     for stage, dep in m.reads.items():
         held.enter_context(store.lease(dep))
@@ -82,26 +87,60 @@ def pull(bucket: Bucket, store: Store, key: str, events: Emitter, held: contextl
             events.log(m.stage, f"pulling {m.stage} from {bucket} ({_mib(idx.size)})")
             try:
                 for name, blob in idx.files.items():
-                    _fetch(bucket, blob, staging / name, progress)
+                    bucket.download(blob, staging / name, progress, mode=0o600 if name in PRIVATE else 0o644)
+                _attach(store, staging, idx, m)
             except CorruptBlob as e:
                 events.warning(m.stage, f"{e}; discarded, building instead")
                 return None
-            for name, blob in idx.files.items():
-                if blob.backing is not None:
-                    from pim.engine.qemu import img
-
-                    img.rebase_unsafe(staging / name, store.object(m.reads[blob.backing]) / DISK)
-                if name in PRIVATE:
-                    os.chmod(staging / name, 0o600)
             store.publish(staging, m)
     events.log(m.stage, f"pulled {m.stage} {key[:12]}")
     return store.manifest(key)
 
 
-def _fetch(bucket: Bucket, blob: Blob, dest: Path, progress: _Progress) -> None:
-    if "/" in dest.name or dest.name in LOCAL_ONLY:
-        raise CorruptBlob(f"remote cache {bucket}: an index names the file {dest.name!r}, which no object has")
-    bucket.download(blob, dest, progress)
+def _untrusted(idx: RemoteIndex, m: Manifest, key: str) -> str | None:
+    """Why the index cannot describe object `key` as it claims, or None."""
+    if idx.key != key or m.key != key:
+        return f"the object under {key[:12]} says it is {m.key[:12]}"
+    if any(not _is_key(k) for k in m.uses.values()):
+        return f"{key[:12]} names objects that are not content keys"
+    if any(name in LOCAL_ONLY for name in idx.files):
+        return f"{key[:12]} carries files no object has ({', '.join(n for n in idx.files if n in LOCAL_ONLY)})"
+    if any(b.backing is not None and b.backing not in m.reads for b in idx.files.values()):
+        return f"{key[:12]} names a backing object it does not read"
+    if m.artifact is not None:
+        blob = idx.files.get(m.artifact.file)
+        if blob is None or blob.sha256 != m.artifact.sha256:
+            return f"{key[:12]}'s artifact digest differs from its manifest's"
+    return None
+
+
+def _is_key(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _attach(store: Store, staging: Path, idx: RemoteIndex, m: Manifest) -> None:
+    """Point each pulled qcow2 at its local backing object, and refuse any other file
+    reference in a qcow2 header (a backing or data file the index did not name would
+    let a bucket's bytes read files of this host). Raises CorruptBlob."""
+    from pim.engine.errors import CommandError
+    from pim.engine.qemu import img
+
+    for name, blob in idx.files.items():
+        path = staging / name
+        if not name.endswith(".qcow2"):
+            continue
+        try:
+            expected = None
+            if blob.backing is not None:
+                expected = str(store.object(m.reads[blob.backing]) / DISK)
+                img.rebase_unsafe(path, Path(expected))
+            info = img.info(path)
+        except CommandError as e:
+            raise CorruptBlob(f"remote cache: {name} of {m.key[:12]} is not a usable qcow2 ({e})") from None
+        data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
+        if info.get("format") != "qcow2" or info.get("backing-filename") != expected or data_file:
+            raise CorruptBlob(f"remote cache: {name} of {m.key[:12]} refers to a file it may not "
+                              f"(backing {info.get('backing-filename')!r}, data file {data_file!r})")
 
 
 def _local(store: Store, key: str) -> Manifest | None:
@@ -143,31 +182,40 @@ def lineage_keys(store: Store, key: str) -> list[str]:
 def push(bucket: Bucket, store: Store, key: str, events: Emitter) -> PushReport:
     """Upload object `key` and the objects it uses that the remote lacks, each index last.
 
-    An object whose key the remote holds from another build (another `id`) is kept,
-    and objects that read it are not pushed (they would not load on its bytes).
+    An object whose key the remote holds from another build (another `id`, found
+    before the upload or after losing the race to write the index) is kept, and
+    objects that read it are not pushed (they would not load on its bytes). Each
+    object is leased while it is read.
     Raises RemoteCacheError; whatever was uploaded before stays unreferenced until
     the next push completes it (blobs already there are skipped).
     """
     report = PushReport()
     other: set[str] = set()
     for k in lineage_keys(store, key):
-        m = store.manifest(k)
-        there = bucket.index(k)
-        if there is not None:
-            if there.manifest.get("id") == m.id:
-                report.present.append(k)
+        with store.lease(k):  # not removed under the upload (a cache hit leases only the final)
+            if not store.has(k):
+                continue
+            m = store.manifest(k)
+            try:
+                there, uploaded = bucket.index(k), False
+            except BadIndex as e:  # not ours to overwrite: a person should look at it
+                report.held_back[k] = str(e)
+                other.add(k)
+                continue
+            if there is None:
+                blocked = [dep for dep in m.reads.values() if dep in other or dep in report.held_back]
+                if blocked:
+                    report.held_back[k] = f"it reads {blocked[0][:12]}, which the remote holds from another build"
+                    continue
+                sent, kept = _push_object(bucket, store, k, m, events)
+                report.bytes += sent
+                report.resumed += kept
+                there, uploaded = bucket.index(k), True  # ours, or another machine's that won the race
+            if there is not None and there.manifest.get("id") == m.id:
+                (report.pushed if uploaded else report.present).append(k)
             else:
                 other.add(k)
                 report.held_back[k] = "the remote holds another build of this key"
-            continue
-        blocked = [dep for dep in m.reads.values() if dep in other or dep in report.held_back]
-        if blocked:
-            report.held_back[k] = f"it reads {blocked[0][:12]}, which the remote holds from another build"
-            continue
-        sent, kept = _push_object(bucket, store, k, m, events)
-        report.bytes += sent
-        report.resumed += kept
-        report.pushed.append(k)
     m = store.manifest(key)
     if m.image and key not in report.held_back:
         bucket.put_json(bucket.ref_key(m.image), {"key": key, "pushed": manifests.now()})

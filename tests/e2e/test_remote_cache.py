@@ -413,3 +413,20 @@ def test_two_machines_pushing_one_key_at_once_leave_one_consistent_object(
     assert got is not None and got.id == winner_store.manifest(install).id
     assert (fresh.object(install) / "disk.qcow2").read_bytes() == \
         (winner_store.object(install) / "disk.qcow2").read_bytes()
+
+
+def test_tofu_external_in_build_mode_pulls_on_a_cold_machine(machine_a: Run, fixture_iso: Path, bucket: str,
+                                                             moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url)
+    cache = tmp_path / "cache-b"
+    query = {"config": str(cfg), "image": "e2e", "mode": "build", "cache_dir": str(cache)}
+    lookup = subprocess.run([sys.executable, "-m", "pim.cli.main", "tofu", "external"], capture_output=True, text=True,
+                            input=json.dumps({**query, "mode": "lookup"}), timeout=300)
+    assert lookup.returncode == 2 and "is not built" in lookup.stderr  # lookup (plan time) stays local
+    out = subprocess.run([sys.executable, "-m", "pim.cli.main", "tofu", "external"], capture_output=True, text=True,
+                         input=json.dumps(query), timeout=300)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["sha256"] == machine_a.result["sha256"] and answer["key"] == machine_a.result["key"]
+    assert "started" not in out.stderr  # no stage ran: the final object was pulled
+    assert sorted(p.name for p in (cache / "objects").iterdir()) == [machine_a.result["key"]]

@@ -430,3 +430,19 @@ def test_tofu_external_in_build_mode_pulls_on_a_cold_machine(machine_a: Run, fix
     assert answer["sha256"] == machine_a.result["sha256"] and answer["key"] == machine_a.result["key"]
     assert "started" not in out.stderr  # no stage ran: the final object was pulled
     assert sorted(p.name for p in (cache / "objects").iterdir()) == [machine_a.result["key"]]
+
+
+def test_ctrl_c_during_a_pull_publishes_nothing_and_leaves_no_scratch(machine_a: Run, fixture_iso: Path, bucket: str,
+                                                                      moto_url: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url, provision=STEP)
+    cache = tmp_path / "cache-b"
+    proc = Run(cfg, cache, popen=True).proc
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the install disk (hundreds of MiB) is coming in
+        event = json.loads(line)
+        if event["kind"] == "progress" and "pulling install" in event.get("message", ""):
+            proc.send_signal(signal.SIGINT)
+            break
+    assert proc.wait(timeout=60) == 130
+    assert not list((cache / "objects").iterdir())
+    assert not list((cache / "tmp").iterdir())

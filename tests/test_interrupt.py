@@ -53,6 +53,31 @@ def test_only_the_first_signal_raises_so_the_cleanup_it_started_runs_to_the_end(
     assert cleaned and unwinder.received == [signal.SIGINT, signal.SIGTERM]
 
 
+def test_a_signal_that_lands_in_a_closing_generator_is_not_lost() -> None:
+    """A suspended generator that the garbage collector closes runs its `finally` as a
+    finalizer too; an interrupt raised there is dropped the same way."""
+    import gc
+
+    def chunks():  # type: ignore[no-untyped-def]
+        try:
+            yield b"x"
+        finally:
+            signal_main_thread(signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, while the generator is being finalized
+
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted), unwinding() as unwinder:
+        gen = chunks()
+        next(gen)
+        cycle: list[object] = [gen]
+        cycle.append(cycle)  # only the cycle collector frees it, as a finalizer
+        del gen, cycle
+        gc.collect()
+        threading.Event().wait(5)  # only a signal delivered again ends this early
+    assert time.monotonic() - t0 < 3
+    assert unwinder.received == [signal.SIGINT]
+
+
 def test_a_signal_that_lands_in_a_finalizer_is_not_lost() -> None:
     """Raised inside `__del__` (the garbage collector runs them anywhere), the interrupt
     would be printed as "Exception ignored" and dropped; it comes again just after."""

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from types import FrameType
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -46,9 +47,11 @@ class Unwinder:
     `received` holds every signal number seen, armed or not.
 
     A handler runs wherever the main thread is, and Python prints and drops an exception
-    raised in a finalizer (`__del__`, a weakref callback) the garbage collector happens
-    to be running: raised there, the interrupt would be lost and the build would go on.
-    So inside a finalizer the signal is delivered again a moment later instead.
+    raised where nothing can catch it: a finalizer the garbage collector happens to run
+    (`__del__`, a generator being closed, a weakref callback). Raised there, the
+    interrupt would be lost and the build would go on. Python hands every such dropped
+    exception to `sys.unraisablehook`; while installed, the Unwinder takes its own
+    `Interrupted` back there and delivers the signal again a moment later.
     """
 
     def __init__(self, on_signal: Callable[[int], None] | None = None):
@@ -57,18 +60,24 @@ class Unwinder:
         self.received: list[int] = []
         self._on_signal = on_signal
         self._previous: dict[int, object] = {}
-        self._deferred: int | None = None  # a signal put off out of a finalizer, delivered again
+        self._deferred: int | None = None  # a signal whose Interrupted was dropped, delivered again
+        self._previous_hook: Callable[[object], None] | None = None
 
     def install(self, signals: tuple[int, ...] = SIGNALS) -> "Unwinder":
         """Install the handlers (main thread only: Python's rule for signal.signal)."""
         for signum in signals:
             self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         return self
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous.clear()
+        if self._previous_hook is not None:
+            sys.unraisablehook = self._previous_hook
+            self._previous_hook = None
 
     def arm(self) -> None:
         self.armed, self.fired = True, None
@@ -84,28 +93,21 @@ class Unwinder:
             if self._on_signal is not None:
                 self._on_signal(signum)
         if self.armed and self.fired is None:
-            if in_finalizer(frame):
-                self._deferred = signum
-                threading.Timer(REDELIVERY, signal_main_thread, (signum,)).start()
-                return
             self.fired = signum
             raise Interrupted(signum)
 
+    def _unraisable(self, unraisable: Any) -> None:
+        """sys.unraisablehook: our Interrupted, dropped where it was raised, comes again."""
+        exc = unraisable.exc_value
+        if isinstance(exc, Interrupted) and self.armed and self.fired == exc.signum:
+            self.fired, self._deferred = None, exc.signum
+            threading.Timer(REDELIVERY, signal_main_thread, (exc.signum,)).start()
+            return
+        if self._previous_hook is not None:
+            self._previous_hook(unraisable)
 
-REDELIVERY = 0.02  # seconds before a signal put off out of a finalizer comes again
-# Stdlib modules whose functions run as weakref callbacks (WeakSet, WeakValueDictionary, finalize).
-_FINALIZER_FILES = ("weakref.py", "_weakrefset.py")
 
-
-def in_finalizer(frame: FrameType | None) -> bool:
-    """True when `frame` or a caller is a finalizer (`__del__`, a stdlib weakref callback),
-    where a raised exception is printed as "Exception ignored" and dropped."""
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "__del__" or code.co_filename.endswith(_FINALIZER_FILES):
-            return True
-        frame = frame.f_back
-    return False
+REDELIVERY = 0.02  # seconds before a signal whose Interrupted was dropped comes again
 
 
 @contextlib.contextmanager

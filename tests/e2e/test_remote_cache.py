@@ -434,15 +434,21 @@ def test_tofu_external_in_build_mode_pulls_on_a_cold_machine(machine_a: Run, fix
 
 def test_ctrl_c_during_a_pull_publishes_nothing_and_leaves_no_scratch(machine_a: Run, fixture_iso: Path, bucket: str,
                                                                       moto_url: str, tmp_path: Path) -> None:  # noqa: F811
-    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url, provision=STEP)
+    # A step of its own: no final or provision object of this build is in the bucket yet
+    # (an earlier test pushed one for STEP), so the pull starts at the install stage.
+    step = [{"type": "shell", "name": "ctrl-c", "inline": f"echo {uuid.uuid4().hex}"}]
+    cfg = config(tmp_path / "b", fixture_iso, f"s3://{bucket}/team", moto_url, provision=step)
     cache = tmp_path / "cache-b"
     proc = Run(cfg, cache, popen=True).proc
     assert proc.stdout is not None
+    sent = False
     for line in proc.stdout:  # the install disk (hundreds of MiB) is coming in
         event = json.loads(line)
         if event["kind"] == "progress" and "pulling install" in event.get("message", ""):
             proc.send_signal(signal.SIGINT)
+            sent = True
             break
+    assert sent, "the build never pulled its install stage"
     assert proc.wait(timeout=60) == 130
     assert not list((cache / "objects").iterdir())
     assert not list((cache / "tmp").iterdir())

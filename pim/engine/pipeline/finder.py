@@ -50,6 +50,7 @@ class Finder:
         self._pushed: list[str] = []
         self._held_back: dict[str, str] = {}
         self._bytes = self._resumed = 0
+        self._missed: set[str] = set()  # keys the remote did not have (or could not be trusted for)
 
     def __enter__(self) -> "Finder":
         return self
@@ -64,7 +65,7 @@ class Finder:
     def usable(self, key: str, held: contextlib.ExitStack) -> Manifest | None:
         """The local object's manifest (see `usable`), pulling it first on a local miss."""
         found = usable(self.store, key, held)
-        if found is not None or self.remote is None:
+        if found is not None or self.remote is None or key in self._missed:
             return found
         from pim.engine.remote.transfer import RemoteCacheError, pull
 
@@ -73,7 +74,10 @@ class Finder:
         except RemoteCacheError as e:
             self._drop(f"{e}; going on without the remote cache")
             return None
-        return usable(self.store, key, held) if pulled is not None else None
+        if pulled is None:
+            self._missed.add(key)  # the plan asks again for the final key: one remote lookup is enough
+            return None
+        return usable(self.store, key, held)
 
     def published(self, key: str) -> None:
         """Object `key` was just published: push it (and what it uses) in the background."""

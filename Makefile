@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # What PIM needs at run time, plus what the test fixtures and examples use.
 DEB_PACKAGES := qemu-system-x86 qemu-utils ovmf xorriso isolinux syslinux syslinux-common \
                 mtools dosfstools busybox-static mmdebstrap e2fsprogs fdisk cpio zstd \
-                openssh-client python3-venv
+                openssh-client openssh-server python3-venv
 FIXTURE_CACHE ?= $(HOME)/.cache/pim-test-fixtures
 
 .PHONY: setup debs test demo acceptance bench clean

@@ -8,13 +8,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Build cloud-init-ready qcow2 images from installer ISOs with QEMU.")
 
 def _register() -> None:
-    from pim.cli import build, cache, deploy, doctor, images, tofu, validate, vm
+    from pim.cli import build, builders, cache, deploy, doctor, images, tofu, validate, vm
 
     app.command("build")(build.build)
     app.command("deploy")(deploy.deploy)
     app.command("validate")(validate.validate)
     app.command("schema")(validate.schema)
     app.command("doctor")(doctor.doctor)
+    app.command("route")(builders.route)
+    app.command("agent", hidden=True)(builders.agent)
+    app.add_typer(builders.app, name="builders", help="List and check the machines that build")
     app.add_typer(vm.app, name="vm", help="Inspect and control running build VMs")
     app.add_typer(images.app, name="images", help="List, inspect, remove and garbage-collect built images")
     app.add_typer(cache.app, name="cache", help="Housekeeping of the shared remote build cache")

@@ -30,3 +30,8 @@ def user_config_file() -> Path:
     """$XDG_CONFIG_HOME/pim/config.yaml, else ~/.config/pim/config.yaml (it may not exist)."""
     xdg = os.environ.get("XDG_CONFIG_HOME")
     return (Path(xdg) if xdg else Path.home() / ".config") / "pim" / "config.yaml"
+
+
+def user_builders_file() -> Path:
+    """$XDG_CONFIG_HOME/pim/builders.yaml, else ~/.config/pim/builders.yaml (it may not exist)."""
+    return user_config_file().with_name("builders.yaml")

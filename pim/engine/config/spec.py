@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from pim.engine.builders.spec import BuilderSpec
 from pim.engine.deploy.spec import TargetSpec
 from pim.engine.remote.spec import CacheSpec
 from pim.engine.errors import Problem, SpecError
@@ -285,6 +286,8 @@ class ImageSpec(_Model):
                                              "in seconds instead of booting (a pure speed-up)")
     finalize: Finalize = Finalize()
     output: Output = Output()
+    builder: str | None = Field(None, description="Build on this builder (a name under builders:, or local) "
+                                                  "instead of where routing sends it")
 
     @model_validator(mode="after")
     def _cpus_the_machine_takes(self) -> "ImageSpec":
@@ -313,6 +316,8 @@ class Config(_Model):
     images: dict[_Name, ImageSpec] = Field(min_length=1)
     targets: dict[_Name, TargetSpec] = Field({}, description="Where `pim deploy` puts images")
     cache: CacheSpec | None = Field(None, description="A shared build cache in S3-compatible storage")
+    builders: dict[_Name, BuilderSpec] = Field({}, description="Machines that build, reached over SSH; `local` "
+                                                               "is this one")
     _base_dir: Path = PrivateAttr(default=Path("."))
 
     @property

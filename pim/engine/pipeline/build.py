@@ -32,7 +32,8 @@ from pim.engine.store.objects import Store
 @dataclass(frozen=True)
 class BuildResult:
     """A finished build: the final qcow2 at `path`, `size` in bytes, `cached` when
-    nothing had to be built."""
+    nothing had to be built, `builder` where it was built (`path` is on that builder
+    when the artifact was left there)."""
 
     image: str
     key: str
@@ -41,6 +42,7 @@ class BuildResult:
     sha256: str
     size: int
     cached: bool
+    builder: str = "local"
 
     def manifest(self) -> Manifest:
         return manifests.read(self.manifest_path.parent)
@@ -101,7 +103,7 @@ def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:
 
 
 def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store, force: bool = False,
-          builder: str = "local", remote: Bucket | None = None) -> BuildResult:
+          builder: str = "local", remote: Bucket | None = None, max_jobs: int | None = None) -> BuildResult:
     """Build image `name` of `cfg` into `store`, reusing every cached stage.
 
     Events go to `events` (stage-begin/stage-end with `key` and `cached`, log,
@@ -109,7 +111,10 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     (`pim.engine.remote.open_remote`), a stage missing locally is pulled from it when
     it is there, and what the build produced is pushed to it (when its
     settings allow: each object as soon as it is published, while the build goes on);
-    a remote that fails is a warning, never a failed build. Raises InputError for bad
+    a remote that fails is a warning, never a failed build. With `max_jobs`, a build
+    that has stages to run first takes one of that many slots of the store
+    (`builders.slots`, shared with every PIM process on this machine) and waits for
+    one while all are taken; a cache hit takes none. Raises InputError for bad
     input, BuildError (InstallerFailed, ProvisionError, VMError, CommandError) when a
     stage fails; an interrupt (KeyboardInterrupt) unwinds the same way. Whatever
     happens, no QEMU, runtime file or scratch folder is left, and no unfinished
@@ -133,6 +138,11 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
             result = _result(store, name, keys.final, cached=True)
         else:
             held.enter_context(store.lease(f"iso-{iso_sha}"))
+            if max_jobs is not None:
+                from pim.engine.builders.slots import slot
+
+                held.enter_context(slot(store.root, max_jobs, lambda n: events.log(
+                    None, f"waiting for a build slot on {builder}: all {n} taken by other builds")))
             verdict = accelmod.choose(spec.arch.value, spec.accel.value)
             events.log(None, f"accelerator: {verdict.accel} ({verdict.reason})")
             work = held.enter_context(store.workdir(name))

@@ -1,0 +1,222 @@
+"""SSH to a builder: a checked connection, a command whose lines stream back, and file
+transfer (SFTP) that resumes and verifies.
+
+Host keys are always checked, against the builder's `known_hosts` file (default
+~/.ssh/known_hosts, as OpenSSH's `StrictHostKeyChecking yes`): an unknown or changed
+key is an error that says how to trust the right one. Every failure to connect
+names the builder and the fix, within `CONNECT_TIMEOUT` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from pim.engine.builders.spec import Builder
+from pim.engine.errors import BuildError, InputError
+
+if TYPE_CHECKING:
+    import paramiko
+
+CONNECT_TIMEOUT = 10.0  # seconds for TCP connect, the SSH banner and authentication each
+KEEPALIVE = 5  # seconds between SSH keepalives: a dead link is noticed
+CHUNK = 1 << 20
+
+
+class BuilderUnreachable(BuildError):
+    """The builder did not answer on its SSH address (down, wrong address, firewall)."""
+
+
+class BuilderRefused(InputError):
+    """The builder's sshd refused the login, or its host key is unknown or changed."""
+
+
+class Connection:
+    """An authenticated SSH session to `builder`; close it (or use `with`) when done.
+
+    Raises BuilderUnreachable, or BuilderRefused for a refused key or an unknown or
+    changed host key, each naming the builder and the fix.
+    """
+
+    def __init__(self, builder: Builder, timeout: float = CONNECT_TIMEOUT):
+        import paramiko
+
+        self.builder = builder
+        known = builder.known_hosts or Path.home() / ".ssh" / "known_hosts"
+        client = paramiko.SSHClient()
+        if known.is_file():
+            client.load_host_keys(str(known))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        key = str(builder.key_file) if builder.key_file else None
+        if key is not None and not Path(key).is_file():
+            raise BuilderRefused(f"builder {builder.name}: key_file {key} does not exist; fix key_file in builders:")
+        where = f"builder {builder.name} ({builder.address})"
+        target = f"[{builder.host}]:{builder.port}" if builder.port != 22 else str(builder.host)
+        try:
+            client.connect(builder.host or "", port=builder.port, username=builder.user, key_filename=key,
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                           allow_agent=key is None, look_for_keys=key is None)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise BuilderRefused(
+                f"{where}: its host key CHANGED ({e.key.get_name()} {e.key.fingerprint}; {known} has another): "
+                f"someone may be intercepting the connection. If the builder was reinstalled, check the new "
+                f"fingerprint with its admin, then `ssh-keygen -R '{target}' -f {known}` and trust it again") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise BuilderRefused(
+                f"{where} refused the login as {builder.user or 'the current user'} with "
+                f"{key or 'the agent and default keys'}: add its public key to ~/.ssh/authorized_keys of that "
+                "user on the builder, or set key_file in builders:") from None
+        except paramiko.SSHException as e:
+            client.close()
+            if "not found in known_hosts" in str(e):
+                raise BuilderRefused(
+                    f"{where}: its host key is not in {known}. Check the key's fingerprint with the builder's "
+                    f"admin, then trust it: `ssh-keyscan -p {builder.port} {builder.host} >> {known}` (or "
+                    f"connect once with `ssh -p {builder.port} {builder.user + '@' if builder.user else ''}"
+                    f"{builder.host}`)") from None
+            raise BuilderUnreachable(f"{where}: SSH failed ({e}); check that sshd runs there") from None
+        except (OSError, socket.timeout) as e:
+            client.close()
+            why = "timed out" if isinstance(e, (socket.timeout, TimeoutError)) else (e.strerror or str(e))
+            raise BuilderUnreachable(f"{where} is unreachable ({why}); check that it is up, that sshd listens on "
+                                     f"port {builder.port} and the uri in builders:") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(KEEPALIVE)
+        self.client = client
+        self._sftp: "paramiko.SFTPClient | None" = None
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.client.close()
+
+    @property
+    def sftp(self) -> "paramiko.SFTPClient":
+        """The session's SFTP client (opened on first use); BuildError when the builder's
+        sshd offers no SFTP."""
+        import paramiko
+
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except paramiko.SSHException as e:
+                raise BuildError(f"builder {self.builder.name}: its sshd refused SFTP ({e}); enable it there "
+                                 "(`Subsystem sftp internal-sftp` in sshd_config)") from None
+        return self._sftp
+
+    def command(self, args: list[str]) -> str:
+        """The builder's PIM command followed by `args`, as one shell line (the
+        configured `pim` is taken as written: it may be `env X=1 /opt/pim/bin/pim`)."""
+        return f"{self.builder.pim} {shlex.join(args)}"
+
+    def open(self, args: list[str]) -> "paramiko.Channel":
+        """Start the builder's PIM with `args`; its stdin, stdout and exit status are on
+        the returned channel, its stderr merged into stdout (lines that are not the
+        protocol's JSON are its log)."""
+        transport = self.client.get_transport()
+        assert transport is not None
+        chan = transport.open_session(timeout=CONNECT_TIMEOUT)
+        chan.set_combine_stderr(True)
+        chan.exec_command(self.command(args))
+        return chan
+
+    def put(self, local: Path, remote: str, progress: Callable[[int], None] | None = None) -> None:
+        """Upload `local` to `remote` (a path on the builder), appending to what an
+        earlier, interrupted upload left there."""
+        sftp, size = self.sftp, local.stat().st_size
+        try:
+            done = sftp.stat(remote).st_size or 0
+        except FileNotFoundError:
+            done = 0
+        done = done if done <= size else 0
+        with open(local, "rb") as src, sftp.open(remote, "ab" if done else "wb") as dst:
+            dst.set_pipelined(True)
+            src.seek(done)
+            if progress and done:
+                progress(done)
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                if progress:
+                    progress(len(chunk))
+
+    def get(self, remote: str, local: Path, sha256: str, size: int, progress: Callable[[int], None] | None = None,
+            mode: int = 0o644) -> None:
+        """Download `remote` into `local`, continuing a partial `local` left by an
+        interrupted download, and check the whole file's sha256 and size.
+
+        Raises BuildError (and removes `local`) when the bytes do not match.
+        """
+        have = local.stat().st_size if local.exists() else 0
+        if have > size:
+            local.unlink()
+            have = 0
+        digest = hashlib.sha256()
+        if have:
+            with open(local, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    digest.update(chunk)
+            if progress:
+                progress(have)
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+        # A plain byte stream (`tail -c +N`, POSIX) moves about 1.6 times what SFTP's
+        # request/response blocks do over the same connection.
+        transport = self.client.get_transport()
+        assert transport is not None
+        chan = transport.open_session(timeout=CONNECT_TIMEOUT)
+        try:
+            chan.exec_command(f"tail -c +{have + 1} {shlex.quote(remote)}")
+            with os.fdopen(fd, "ab") as dst:
+                while chunk := chan.recv(CHUNK):
+                    dst.write(chunk)
+                    digest.update(chunk)
+                    if progress:
+                        progress(len(chunk))
+            status = chan.recv_exit_status()
+        finally:
+            chan.close()
+        if status != 0:
+            raise BuildError(f"builder {self.builder.name}: reading {remote} failed there (exit status {status}); "
+                             "run the build again")
+        if local.stat().st_size != size or digest.hexdigest() != sha256:
+            local.unlink(missing_ok=True)
+            raise BuildError(f"builder {self.builder.name}: {remote} came back damaged (sha256 or size differs "
+                             "from its manifest); it was discarded, run the build again")
+
+
+def lines(chan: "paramiko.Channel", heartbeat: Callable[[], None], every: float = 1.0) -> Iterator[bytes]:
+    """The lines `chan` prints on stdout until it ends; `heartbeat()` is called at
+    least every `every` seconds while waiting (the wait itself can be interrupted)."""
+    chan.settimeout(every)
+    buf, last = b"", time.monotonic()
+    while True:
+        try:
+            chunk = chan.recv(1 << 16)
+        except socket.timeout:
+            chunk = None
+        if time.monotonic() - last >= every or chunk is None:
+            heartbeat()
+            last = time.monotonic()
+        if chunk is None:
+            continue
+        if not chunk:
+            if buf:
+                yield buf
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line

@@ -25,10 +25,11 @@ def list_(json_out: bool = typer.Option(False, "--json"),
     """Built images and stages: key, image, size, last used (pushed, for --remote), and
     whether it is kept by gc (by `pim cache prune --remote`)."""
     from pim.engine.errors import PimError
-    from pim.engine.store.inventory import entries
+    from pim.engine.store.inventory import entries, remote_entries
 
     if not remote:
-        _table(entries(open_store()), json_out, "LAST USED",
+        store = open_store()
+        _table(entries(store) + remote_entries(store), json_out, "LAST USED",
                lambda e: (e.kind, e.image, e.size, _when(e.last_used), e.referenced))
         return
     from pim.engine.remote.admin import entries as remote_entries
@@ -48,10 +49,13 @@ def _table(items: list[Any], json_out: bool, when: str, row: Callable[[Any], tup
     if json_out:
         typer.echo(json.dumps([e.to_json() for e in items], indent=2))
         return
-    typer.echo(f"{'KEY':14}{'KIND':11}{'IMAGE':20}{'SIZE':>11}  {when:17}KEPT")
+    typer.echo(f"{'KEY':14}{'KIND':11}{'IMAGE':20}{'SIZE':>11}  {when:17}{'KEPT':6}WHERE")
     for e in items:
         kind, image, size, at, kept = row(e)
-        typer.echo(f"{e.key[:12]:14}{kind:11}{(image or '-'):20}{human_size(size):>11}  {at:17}{'yes' if kept else 'no'}")
+        where = getattr(e, "location", None)  # entries of the remote cache have none: they are in the bucket
+        where = "bucket" if where is None else "here" if where == "local" else f"builder {where}: {e.path}"
+        typer.echo(f"{e.key[:12]:14}{kind:11}{(image or '-'):20}{human_size(size):>11}  {at:17}"
+                   f"{'yes' if kept else 'no':6}{where}")
 
 
 @app.command()

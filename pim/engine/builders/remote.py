@@ -80,7 +80,8 @@ def _call(conn: Connection, op: str, job: dict[str, Any], events: Emitter | None
     status = chan.recv_exit_status() if chan.exit_status_ready() else None
     chan.close()
     if outcome is None:
-        why = f"exit status {status}" if status is not None else "the connection dropped"
+        # paramiko gives -1 for a channel closed without an exit status: the link went away
+        why = f"exit status {status}" if status not in (None, -1) else "the SSH connection dropped"
         if status == 127:
             raise InputError(f"builder {b.name}: its PIM command {b.pim!r} was not found there; install PIM "
                              "on the builder or set pim: in builders: to its path")

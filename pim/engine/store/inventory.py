@@ -30,10 +30,12 @@ class Entry:
     created: str | None
     last_used: float
     referenced: bool  # kept by gc: the newest build of its image uses it
+    location: str = "local"  # or the builder that keeps it (a remote build not fetched)
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "kind": self.kind, "image": self.image, "path": str(self.path), "size": self.size,
-                "created": self.created, "last_used": self.last_used, "referenced": self.referenced}
+                "created": self.created, "last_used": self.last_used, "referenced": self.referenced,
+                "location": self.location}
 
 
 def _du(path: Path) -> int:
@@ -83,6 +85,24 @@ def entries(store: Store) -> list[Entry]:
             last_used=(obj / "done").stat().st_mtime,
             referenced=key in keep,
         ))
+    return out
+
+
+def remote_entries(store: Store) -> list[Entry]:
+    """Builds that stayed on their builder (`fetch: false`), as recorded by
+    `builders.remote.record`; `path` is on that builder. Never touched by gc."""
+    import json
+
+    out = []
+    folder = store.root / "remote-builds"
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            r = json.loads(record.read_text())
+            out.append(Entry(key=r["key"], kind="final", image=r.get("image"), path=Path(r["path"]),
+                             size=int(r["size"]), created=r.get("created"), last_used=record.stat().st_mtime,
+                             referenced=False, location=r["builder"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged record only hides that one build from the listing
     return out
 
 

@@ -23,7 +23,7 @@ from pim.pulumi_provider.inputs import (IMAGE_KEY_INPUTS, IMAGE_OUTPUTS, image_c
                                         unknown_keys)
 
 PROVIDER_KEY = "__provider"
-ECHOED = ("image", "config", "base_dir", "tags", "delete_artifact")  # inputs kept in outputs (diff sees outputs)
+ECHOED = ("image", "config", "base_dir", "tags", "delete_artifact", "builder")  # inputs kept in outputs (diff sees outputs)
 
 
 def _inputs(props: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class ImageProvider(ResourceProvider):
         outs = self._build(_inputs(props), "create")
         return CreateResult(outs["content_key"], outs)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Only tags or delete_artifact changed (anything else is a new key: a replace)."""
         from pim.engine.pipeline.build import lookup
 
@@ -87,7 +87,7 @@ class ImageProvider(ResourceProvider):
             return UpdateResult(self._build(inputs, "update"))
         from pim.engine.pipeline.build import image_outputs
 
-        return UpdateResult(image_outputs(found.manifest_path) | _echo(inputs))
+        return UpdateResult(image_outputs(found.manifest_path) | _echo(inputs) | {"built_on": olds.get("built_on")})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         from pim.engine.pipeline.build import image_outputs
@@ -104,7 +104,7 @@ class ImageProvider(ResourceProvider):
             worker.pulumi_log("warning", f"pim.Image {props.get('image') or id_}: {outs['path']} is missing; "
                                          "the next `pulumi up` builds it again")
             return ReadResult("", {})
-        return ReadResult(key, {**_echo(props), **outs})
+        return ReadResult(key, {**_echo(props), **outs, "built_on": props.get("built_on")})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         label = f"pim.Image {props.get('image') or id_}"
@@ -126,7 +126,7 @@ class ImageProvider(ResourceProvider):
 
     def _build(self, inputs: dict[str, Any], op: str) -> dict[str, Any]:
         name = inputs.get("image")
-        job = {k: inputs.get(k) for k in IMAGE_KEY_INPUTS}
+        job = {k: inputs.get(k) for k in (*IMAGE_KEY_INPUTS, "builder")}
         secrets = [str(inputs["ssh_password"])] if inputs.get("ssh_password") else []
         outs = worker.run("build", job, label=f"pim.Image {name}", timeout=timeout(inputs, op), secrets=secrets)
         if outs.pop("cached", False):

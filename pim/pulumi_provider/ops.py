@@ -24,15 +24,16 @@ from pim.pulumi_provider.inputs import (DEPLOYMENT_OUTPUTS, image_config, open_s
 
 
 def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
-    from pim.engine.pipeline.build import build as engine_build
+    from pim.engine import builders
     from pim.engine.remote import open_remote
 
     cfg, name = image_config(job)
     password = cfg.images[name].ssh.password
     if password is not None:
         events.add_secret(password.get_secret_value())
-    result = engine_build(cfg, name, events, store=open_store(), remote=open_remote(cfg))
-    return image_outputs(result.manifest_path) | {"cached": result.cached}
+    result = builders.build(cfg, name, events, store=open_store(), builders=builders.load(cfg),
+                            remote=open_remote(cfg), override=job.get("builder"))
+    return image_outputs(result.manifest_path) | {"cached": result.cached, "built_on": result.builder}
 
 
 # ---------------------------------------------------------------- pim.Deployment

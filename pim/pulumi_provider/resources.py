@@ -54,7 +54,8 @@ def _absolute(value: Any) -> Any:
 
 class Image(Resource, module="pim", name="Image"):
     """A PIM image build. Outputs: content_key, stage_keys, path (the qcow2), sha256, size,
-    virtual_size, format, compression, arch, firmware, manifest_path, created."""
+    virtual_size, format, compression, arch, firmware, manifest_path, created, built_on
+    (local, or the builder that built it)."""
 
     content_key: pulumi.Output[str]
     stage_keys: pulumi.Output[dict]
@@ -68,17 +69,20 @@ class Image(Resource, module="pim", name="Image"):
     firmware: pulumi.Output[str]
     manifest_path: pulumi.Output[str]
     created: pulumi.Output[str]
+    built_on: pulumi.Output[str]
     image: pulumi.Output[str]
     tags: pulumi.Output[dict]
 
     def __init__(self, resource_name: str, *, config: Any = None, image: Optional[str] = None,
                  spec: Optional[Mapping[str, Any]] = None, base_dir: Optional[str] = None, ssh_password: Any = None,
                  tags: Optional[Mapping[str, str]] = None, delete_artifact: bool = False,
-                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+                 builder: Optional[str] = None, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         """`config` (a pim.yaml) and `image` (a name in it, default: resource_name), or `spec`: one
         image's mapping as under `images.<name>` in pim.yaml, its files relative to `base_dir`
         (default: the program's folder). `ssh_password` overrides ssh.password and is kept a secret.
-        `delete_artifact`: remove the build from PIM's cache when the resource is deleted."""
+        `delete_artifact`: remove the build from PIM's cache when the resource is deleted.
+        `builder`: build on this builder (a name under builders:, or local) instead of where
+        routing sends it; it changes nothing about the image, so changing it rebuilds nothing."""
         if (config is None) == (spec is None):
             raise TypeError("pim.Image: give config= (a pim.yaml) or spec= (an inline image spec), not both")
         self._pim_config = _absolute(config)
@@ -90,6 +94,7 @@ class Image(Resource, module="pim", name="Image"):
             "ssh_password": pulumi.Output.secret(ssh_password) if ssh_password is not None else None,
             "tags": dict(tags or {}),
             "delete_artifact": delete_artifact,
+            "builder": builder,
             "timeouts": timeouts_of(opts),
             **dict.fromkeys(IMAGE_OUTPUTS),
         }

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-KEYS = {"config", "image", "target", "mode", "cache_dir"}
+KEYS = {"config", "image", "target", "mode", "cache_dir", "builder"}
 MODES = ("lookup", "build")
 
 
@@ -90,9 +90,15 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
     password = cfg.images[name].ssh.password
     if password is not None:
         events.add_secret(password.get_secret_value())
-    result = found or engine.build(cfg, name, events, store=store, remote=open_remote(cfg))
+    if found is None:
+        from pim.engine import builders
+
+        result = builders.build(cfg, name, events, store=store, builders=builders.load(cfg),
+                                remote=open_remote(cfg), override=query.get("builder"))
+    else:
+        result = found
     out = {k: v for k, v in image_outputs(result.manifest_path).items() if k not in ("stage_keys", "created")}
-    out = {"image": name, "key": out.pop("content_key")} | out
+    out = {"image": name, "key": out.pop("content_key")} | out | {"built_on": result.builder}
     if target is not None:
         out |= _deployment(query, cfg, target, result, building, events)
     return _flat(out)

@@ -42,9 +42,13 @@ IMAGE_OUTPUTS = (
     _out("arch", "Guest architecture"),
     _out("firmware", "bios or uefi"),
     _out("manifest_path", "The build's manifest (inputs, lineage, timings)"),
+    _out("built_on", "Where it was built: local, or the name of the builder that built it"),
 )
 IMAGE_SCHEMA = Schema((_in("config", "Path to pim.yaml, relative to the working directory"),
-                       _in("image", "Image name in the config"), *IMAGE_OUTPUTS),
+                       _in("image", "Image name in the config"),
+                       Attr("builder", S, "Build on this builder (see `pim builders list`) instead of where routing "
+                                          "sends it; changing it rebuilds nothing", optional=True),
+                       *IMAGE_OUTPUTS),
                       "An image built by PIM from an installer ISO; rebuilt when its content key changes.")
 DEPLOYMENT_SCHEMA = Schema((
     _in("config", "Path to pim.yaml (its `targets` section names the target)"),
@@ -134,15 +138,16 @@ class ImageResource(Resource):
             key = content_keys(cfg, proposed["image"], _store())["final"]
         except PimError as e:
             raise _errors(e) from None
-        if prior is not None and prior.get("key") == key:
-            return Plan(prior | {"config": proposed["config"], "image": proposed["image"]})
+        if prior is not None and prior.get("key") == key:  # where it would be built changes nothing
+            return Plan(prior | {k: proposed.get(k) for k in ("config", "image", "builder")})
         # A build is not bit-for-bit reproducible: everything but the key is known after apply.
         planned = self.schema.unknown_computed(proposed) | {"key": key, "id": key}
         return Plan(planned, ["key"] if prior is not None else [])
 
     def create(self, planned: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        from pim.engine.pipeline.build import build
+        from pim.engine import builders
         from pim.engine.errors import PimError
+        from pim.engine.builders.route import RoutingError
         from pim.engine.remote import open_remote
 
         cfg = _Config.load(planned)
@@ -151,10 +156,11 @@ class ImageResource(Resource):
         if password is not None:
             events.add_secret(password.get_secret_value())
         try:
-            result = build(cfg, planned["image"], events, store=_store(), remote=open_remote(cfg))
+            result = builders.build(cfg, planned["image"], events, store=_store(), builders=builders.load(cfg),
+                                    remote=open_remote(cfg), override=planned.get("builder"))
         except PimError as e:
-            raise _errors(e, "image", events) from None
-        return planned | _image_attrs(result.manifest_path)
+            raise _errors(e, "builder" if isinstance(e, RoutingError) else "image", events) from None
+        return planned | _image_attrs(result.manifest_path) | {"built_on": result.builder}
 
     def read(self, state: dict[str, Any]) -> dict[str, Any] | None:
         manifest = Path(state.get("manifest_path") or "/nonexistent")

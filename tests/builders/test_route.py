@@ -124,3 +124,14 @@ def test_unknown_builder_is_an_input_error_listing_the_known_ones() -> None:
 def test_builder_that_does_not_build_the_arch_is_refused() -> None:
     with pytest.raises(RoutingError, match=r"builder 'pve' does not build aarch64 \(its systems: x86_64\)"):
         route(LINUX, "aarch64", Probe("kvm"), _builders(KVM_X86), image_builder="pve")
+
+
+def test_a_build_routed_here_leaves_the_probe_to_the_build() -> None:
+    probe = Probe("kvm")
+    r = route(LINUX, "x86_64", probe, _builders(ARM), resolve_local=False)
+    assert (r.builder.name, r.accel, probe.calls) == (LOCAL, "auto", 0)
+    r = route(LINUX, "x86_64", probe, _builders(ARM), force_local=True, resolve_local=False)
+    assert (r.builder.name, r.accel, probe.calls) == (LOCAL, "auto", 0)
+    # with a builder that could take it, the verdict decides: the probe runs
+    r = route(LINUX, "x86_64", probe, _builders(KVM_X86), resolve_local=False)
+    assert (r.builder.name, r.accel, probe.calls) == (LOCAL, "kvm", 1)

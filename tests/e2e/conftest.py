@@ -7,12 +7,15 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import yaml
 
 from tests.helpers import apt_package_uris
+
+if TYPE_CHECKING:
+    from tests import sshd
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "installer"
 FIXTURE_CACHE = Path(os.environ.get("PIM_TEST_FIXTURES", Path.home() / ".cache" / "pim-test-fixtures"))
@@ -98,4 +101,30 @@ def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars:
     }
     cfg = folder / "pim.yaml"
     cfg.write_text(yaml.safe_dump({"images": {name: image}}, sort_keys=False))
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def builder_host() -> Iterator["sshd.BuilderHost"]:
+    """A remote builder: a real sshd on 127.0.0.1 (tests/sshd.py), started once per run."""
+    from tests import sshd
+
+    host = sshd.start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def remote_config(folder: Path, iso: Path, host: "sshd.BuilderHost", builders: dict | None = None,
+                  images: dict | None = None, **kw: object) -> Path:
+    """make_config's pim.yaml with `builders:` (default: {remote: host}); `images` turns the
+    one image into several, each `{name: overrides}`."""
+    cfg = make_config(folder, iso, **kw)
+    data = yaml.safe_load(cfg.read_text())
+    data["builders"] = builders if builders is not None else {"remote": host.builder()}
+    if images:
+        base = data["images"].pop("e2e")
+        data["images"] = {name: {**base, **extra} for name, extra in images.items()}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     return cfg

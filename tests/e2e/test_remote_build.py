@@ -12,39 +12,26 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import yaml
 
 from pim.engine.config.spec import load_config
 from pim.engine.pipeline.build import content_keys
 from pim.engine.store.objects import Store
 from tests import sshd
-from tests.e2e.conftest import make_config
+from tests.e2e.conftest import remote_config
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def host() -> Iterator[sshd.BuilderHost]:
-    h = sshd.start()
-    try:
-        yield h
-    finally:
-        h.stop()
+@pytest.fixture
+def host(builder_host: sshd.BuilderHost) -> sshd.BuilderHost:
+    return builder_host
 
 
 def _config(tmp_path: Path, iso: Path, host: sshd.BuilderHost, builders: dict | None = None,
             images: dict | None = None, **kw: object) -> Path:
-    cfg = make_config(tmp_path, iso, **kw)
-    data = yaml.safe_load(cfg.read_text())
-    data["builders"] = builders if builders is not None else {"remote": host.builder()}
-    if images:
-        base = data["images"].pop("e2e")
-        data["images"] = {name: {**base, **extra} for name, extra in images.items()}
-    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
-    return cfg
+    return remote_config(tmp_path, iso, host, builders, images, **kw)
 
 
 def _pim(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -69,15 +69,17 @@ def _why(e: Exception) -> str:
 
 
 def decide(cfg: "Config", name: str, builders: dict[str, "Builder"], *, override: str | None = None,
-           force_local: bool = False) -> "Route":
+           force_local: bool = False, resolve_local: bool = True) -> "Route":
     """Where image `name` is built (see `route.route`); probes this host's accelerator
-    only when the decision depends on it. Raises RoutingError, InputError."""
+    only when the decision depends on it, or (`resolve_local`) to name the accelerator
+    of a local build. Raises RoutingError, InputError."""
     from pim.engine.builders.route import Host, route
     from pim.engine.qemu import accel
 
     spec = cfg.image(name)
     return route(Host.this(), spec.arch.value, lambda: accel.choose(spec.arch.value, spec.accel.value).accel,
-                 builders, image_builder=spec.builder, override=override, force_local=force_local)
+                 builders, image_builder=spec.builder, override=override, force_local=force_local,
+                 resolve_local=resolve_local)
 
 
 def build(cfg: "Config", name: str, events: "Emitter", *, store: "Store", builders: dict[str, "Builder"],
@@ -89,7 +91,8 @@ def build(cfg: "Config", name: str, events: "Emitter", *, store: "Store", builde
     `remote.build` raise, and RoutingError."""
     from pim.engine.pipeline.build import build as local_build
 
-    chosen = decide(cfg, name, builders, override=override, force_local=force_local)
+    # A local build probes its accelerator itself, after its cache look-ups: a cache hit needs none.
+    chosen = decide(cfg, name, builders, override=override, force_local=force_local, resolve_local=False)
     events.emit("route", None, chosen.reason, **chosen.to_json())
     if chosen.warning:
         events.warning(None, chosen.warning)

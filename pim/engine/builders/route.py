@@ -68,22 +68,30 @@ class Route:
 
 
 def route(host: Host, arch: str, local_accel: Callable[[], str], builders: Mapping[str, Builder], *,
-          image_builder: str | None = None, override: str | None = None, force_local: bool = False) -> Route:
+          image_builder: str | None = None, override: str | None = None, force_local: bool = False,
+          resolve_local: bool = True) -> Route:
     """Decide where an image for `arch` ("x86_64" | "aarch64") is built.
 
     local_accel: returns this host's accelerator verdict for `arch` ("kvm" | "hvf" |
-    "tcg"); called at most once, and only when the decision depends on it (probing
-    can take seconds). builders: every configured builder by name, `local` included.
-    Raises RoutingError for an unknown builder name or one that does not build `arch`.
+    "tcg"); called at most once, and only when the decision depends on it or, with
+    `resolve_local`, to name the accelerator of a local build (probing can take
+    seconds; without `resolve_local` such a route says "auto" and the build probes
+    when it starts, after its cache look-ups). builders: every configured builder by
+    name, `local` included. Raises RoutingError for an unknown builder name or one
+    that does not build `arch`.
     """
     local = builders.get(LOCAL) or Builder(LOCAL, {})
+
+    def here(why: str) -> Route:
+        return _local(host, arch, local, local_accel if resolve_local else lambda: "auto", why)
+
     if force_local:
-        return _local(host, arch, local, local_accel, "--local asked for this host")
+        return here("--local asked for this host")
     for name, why in ((override, "--builder"), (image_builder, "the image's builder:")):
         if name is None:
             continue
         if name == LOCAL:
-            return _local(host, arch, local, local_accel, f"{why} {LOCAL}")
+            return here(f"{why} {LOCAL}")
         chosen = builders.get(name)
         if chosen is None:
             known = ", ".join(sorted(builders)) or "none"
@@ -94,14 +102,17 @@ def route(host: Host, arch: str, local_accel: Callable[[], str], builders: Mappi
                                f"{', '.join(chosen.systems) or 'none'}); pick another builder or add {arch} "
                                "to its systems")
         return Route(chosen, chosen.systems[arch], f"{why} {name}")
+    remote = sorted((b for b in builders.values() if not b.is_local and b.systems.get(arch) in HARDWARE),
+                    key=lambda b: (-b.speed_factor, b.name))
+    if arch == host.arch and not remote and not resolve_local:
+        return Route(local, "auto", f"{host} host builds {arch} here (no builder declares hardware acceleration "
+                                    f"for it); the accelerator is probed when the build starts")
     if arch == host.arch:
         verdict = local_accel()
         if verdict in HARDWARE:
             return Route(local, verdict, f"{host} host builds {arch} here under {verdict}")
     else:
         verdict = "tcg"  # a foreign architecture is always emulated here
-    remote = sorted((b for b in builders.values() if not b.is_local and b.systems.get(arch) in HARDWARE),
-                    key=lambda b: (-b.speed_factor, b.name))
     if remote:
         best = remote[0]
         return Route(best, best.systems[arch], f"{host} host has no hardware acceleration for {arch} "

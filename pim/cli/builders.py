@@ -91,6 +91,8 @@ def check(config: Path = ConfigOpt, json_out: bool = typer.Option(False, "--json
             accel = ", ".join(f"{a}:{v}" for a, v in r["accel"].items())
             typer.echo(f"{r['name']:16}ok  PIM {r['version']}  {accel}  free {human_size(r['free_bytes'])}  "
                        f"running {r['running']}/{r['max_jobs']}  ({r['seconds']:.1f} s)")
+            if r.get("warning"):
+                typer.echo(f"{'':16}warning: {r['warning']}")
     if not all(r["ok"] for r in reports):
         raise typer.Exit(1)
 

@@ -128,7 +128,7 @@ def _clean_within(host: sshd.BuilderHost, seconds: float) -> float:
 
 def test_ctrl_c_on_the_client_stops_the_remote_build(fixture_iso: Path, tmp_path: Path,
                                                      host: sshd.BuilderHost) -> None:
-    cfg = _config(tmp_path, fixture_iso, host, vars={"extra": uuid.uuid4().hex})  # a fresh install
+    cfg = _config(tmp_path, fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})  # a fresh install
     before = _objects(host)
     proc = _start("build", "e2e", "-c", str(cfg), "--builder", "remote", "--json")
     _wait_for(proc, "starting QEMU")
@@ -141,7 +141,7 @@ def test_ctrl_c_on_the_client_stops_the_remote_build(fixture_iso: Path, tmp_path
 
 def test_a_dropped_connection_stops_the_remote_build(fixture_iso: Path, tmp_path: Path,
                                                      host: sshd.BuilderHost) -> None:
-    cfg = _config(tmp_path, fixture_iso, host, vars={"extra": uuid.uuid4().hex})
+    cfg = _config(tmp_path, fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})
     before = _objects(host)
     proc = _start("build", "e2e", "-c", str(cfg), "--builder", "remote", "--json")
     _wait_for(proc, "starting QEMU")

@@ -72,7 +72,7 @@ def test_terraform_builds_on_the_builder_and_stop_provider_stops_it(
     assert "No changes" in tf("plan").stdout
 
     # Ctrl-C during a remote build: StopProvider ends it on the builder too
-    remote_config(tmp_path / "pim", fixture_iso, host, vars={"extra": uuid.uuid4().hex})
+    remote_config(tmp_path / "pim", fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})
     before = {p.name for p in (host.cache / "objects").iterdir()}
     proc = subprocess.Popen([str(TERRAFORM), "apply", "-auto-approve", "-no-color"], cwd=tmp_path, env=tf.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,7 +130,7 @@ def test_pulumi_builds_on_the_builder_and_a_cancellation_stops_it(
         assert (host.cache / "objects" / outs["content_key"]).is_dir()
 
         # the engine cancels (SIGINT to its plugin): the build on the builder stops
-        fresh = remote_config(tmp_path / "pim2", fixture_iso, host, vars={"extra": uuid.uuid4().hex})
+        fresh = remote_config(tmp_path / "pim2", fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})
         before = {p.name for p in (host.cache / "objects").iterdir()}
         props2 = {**props, "config": str(fresh)}
         checked2, _ = server.check("e2e", {}, props2)

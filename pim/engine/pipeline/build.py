@@ -124,6 +124,8 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
 
     events = events or Emitter()
     spec = cfg.image(name)
+    if spec.ssh.password is not None:  # masked in every event from the start, whichever stage runs
+        events.add_secret(spec.ssh.password.get_secret_value())
     iso, iso_sha = resolve_iso(spec.source, cfg.base_dir, store.root, events)
     keys = _keys(cfg, spec, name, iso_sha, store)
     # No lock is held here: each stage takes its own key's lock in the loop and looks

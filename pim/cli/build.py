@@ -55,9 +55,10 @@ def _one(cfg: Any, image: str, json_out: bool, verbose: bool, *, force: bool, no
     # SIGTERM unwinds like Ctrl-C: QEMU stopped, runtime files and scratch removed.
     with event_stream(json_out, verbose) as events, unwinding():
         try:
-            result = buildersmod.build(cfg, image, events, store=open_store(), builders=buildersmod.load(cfg),
+            store = open_store()
+            result = buildersmod.build(cfg, image, events, store=store, builders=buildersmod.load(cfg),
                                        remote=open_remote(cfg, enabled=not no_remote), force=force,
-                                       override=builder, force_local=local, fetch=not no_fetch)
+                                       override=builder, force_local=local, fetch=False if no_fetch else None)
         except PimError as e:
             if json_out:
                 events.emit("result", None, str(e), ok=False, exit_code=e.exit_code)
@@ -80,5 +81,5 @@ def _one(cfg: Any, image: str, json_out: bool, verbose: bool, *, force: bool, no
             where = "" if result.builder == "local" else f" on {result.builder}"
             typer.echo(f"{result.image}: {how}{where} {human_size(result.size)} sha256 {result.sha256[:16]}…",
                        err=True)
-            typer.echo(str(result.path) if result.builder == "local" or not no_fetch
-                       else f"{result.builder}:{result.path}")
+            kept_there = not result.path.is_relative_to(store.root)  # --no-fetch, or the builder's fetch: false
+            typer.echo(f"{result.builder}:{result.path}" if kept_there else str(result.path))

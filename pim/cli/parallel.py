@@ -15,6 +15,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ def _argv(config: Path, image: str, flags: dict[str, Any], verbose: bool) -> lis
 
 
 def build_many(config: Path, images: list[str], json_out: bool, verbose: bool, **flags: Any) -> int:
-    """Build `images` at once; the exit status (0 when every build succeeded)."""
+    """Build `images` at once; the exit status: 0 when every build succeeded, else the
+    worst child's (a child killed by signal N counts as 128 + N)."""
     from pim.cli.render import event_stream
-    from pim.engine.interrupt import unwinding
+    from pim.engine.interrupt import Interrupted, unwinding
     from pim.engine.run import PIPE, start
 
     results: dict[str, dict[str, Any]] = {}
@@ -43,15 +45,17 @@ def build_many(config: Path, images: list[str], json_out: bool, verbose: bool, *
                           die_with_parent=signal.SIGTERM): image for image in images}
         try:
             _pump(children, events, results, json_out)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             for proc in children:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
+            for proc in children:  # keep their pipes drained while they clean up
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
             for proc in children:
                 proc.wait()
             typer.echo("interrupted: every build was stopped and nothing unfinished was published", err=True)
-            return 130
-        codes = {image: proc.wait() for proc, image in children.items()}
+            return e.exit_code if isinstance(e, Interrupted) else 130
+        codes = {image: _status(proc.wait()) for proc, image in children.items()}
     for image in images:
         r = results.get(image, {})
         if not json_out:
@@ -59,6 +63,11 @@ def build_many(config: Path, images: list[str], json_out: bool, verbose: bool, *
             where = f" on {r['builder']}" if r.get("builder") not in (None, "local") else ""
             typer.echo(f"{image}: {status}{where} {r.get('path') or r.get('message', '')}", err=True)
     return max(codes.values(), default=0)
+
+
+def _status(code: int) -> int:
+    """A child's exit status as a shell reports it: killed by signal N is 128 + N."""
+    return 128 - code if code < 0 else code
 
 
 def _pump(children: dict[Any, str], events: Any, results: dict[str, dict[str, Any]], json_out: bool) -> None:

@@ -32,7 +32,7 @@ def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
     if password is not None:
         events.add_secret(password.get_secret_value())
     result = builders.build(cfg, name, events, store=open_store(), builders=builders.load(cfg),
-                            remote=open_remote(cfg), override=job.get("builder"))
+                            remote=open_remote(cfg), override=job.get("builder"), fetch=True)
     return image_outputs(result.manifest_path) | {"cached": result.cached, "built_on": result.builder}
 
 

@@ -94,7 +94,7 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
         from pim.engine import builders
 
         result = builders.build(cfg, name, events, store=store, builders=builders.load(cfg),
-                                remote=open_remote(cfg), override=query.get("builder"))
+                                remote=open_remote(cfg), override=query.get("builder"), fetch=True)
     else:
         result = found
     out = {k: v for k, v in image_outputs(result.manifest_path).items() if k not in ("stage_keys", "created")}

@@ -157,7 +157,7 @@ class ImageResource(Resource):
             events.add_secret(password.get_secret_value())
         try:
             result = builders.build(cfg, planned["image"], events, store=_store(), builders=builders.load(cfg),
-                                    remote=open_remote(cfg), override=planned.get("builder"))
+                                    remote=open_remote(cfg), override=planned.get("builder"), fetch=True)
         except PimError as e:
             raise _errors(e, "builder" if isinstance(e, RoutingError) else "image", events) from None
         return planned | _image_attrs(result.manifest_path) | {"built_on": result.builder}

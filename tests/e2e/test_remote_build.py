@@ -126,15 +126,16 @@ def _clean_within(host: sshd.BuilderHost, seconds: float) -> float:
     raise AssertionError(f"left on the builder after {seconds} s: {host.leftovers()} {host.processes('agent build')}")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_on_the_client_stops_the_remote_build(fixture_iso: Path, tmp_path: Path,
-                                                     host: sshd.BuilderHost) -> None:
+                                                     host: sshd.BuilderHost, sig: int) -> None:
     cfg = _config(tmp_path, fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})  # a fresh install
     before = _objects(host)
     proc = _start("build", "e2e", "-c", str(cfg), "--builder", "remote", "--json")
     _wait_for(proc, "starting QEMU")
     assert host.processes("qemu-system"), "the build's QEMU runs on the builder"
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=90) == 130
+    proc.send_signal(sig)
+    assert proc.wait(timeout=90) == 128 + sig
     _clean_within(host, 10)  # the client waited for the builder to stop
     assert _objects(host) == before, "nothing unfinished was published on the builder"
 

@@ -84,10 +84,10 @@ def decide(cfg: "Config", name: str, builders: dict[str, "Builder"], *, override
 
 def build(cfg: "Config", name: str, events: "Emitter", *, store: "Store", builders: dict[str, "Builder"],
           remote: "Bucket | None" = None, force: bool = False, override: str | None = None,
-          force_local: bool = False, fetch: bool = True) -> "BuildResult":
+          force_local: bool = False, fetch: bool | None = None) -> "BuildResult":
     """Route image `name` and build it there. Local builds hold one of `local`'s
     slots while they build; remote ones hold the builder's. `fetch` False leaves a
-    remote artifact on its builder. Raises what `pipeline.build.build` and
+    remote artifact on its builder (None: the builder's `fetch` setting). Raises what `pipeline.build.build` and
     `remote.build` raise, and RoutingError."""
     from pim.engine.pipeline.build import build as local_build
 
@@ -99,7 +99,15 @@ def build(cfg: "Config", name: str, events: "Emitter", *, store: "Store", builde
     if chosen.builder.is_local:
         return local_build(cfg, name, events, store=store, force=force, remote=remote,
                            max_jobs=chosen.builder.max_jobs)
+    if not force:  # built here already (fetched earlier): no connection needed
+        from pim.engine.pipeline.build import lookup
+
+        found = lookup(cfg, name, store)
+        if found is not None:
+            events.log(None, f"{name} is in the local store already ({found.key[:12]}); "
+                             f"{chosen.builder.name} is not asked")
+            return found
     from pim.engine.builders import remote as remote_build
 
     return remote_build.build(cfg, name, events, store=store, builder=chosen.builder, force=force,
-                              fetch_result=fetch)
+                              fetch_result=chosen.builder.fetch if fetch is None else fetch)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -46,6 +47,17 @@ class _Out:
                 self.stream.flush()
             except (BrokenPipeError, OSError):
                 pass  # the client is gone; the watchdog stops the work
+
+
+def _alive(out: _Out, every: float = HEARTBEAT) -> None:
+    """A line for the client every `every` seconds, so it can tell a busy build from a dead link."""
+
+    def beat() -> None:
+        while True:
+            time.sleep(every)
+            out.send({"alive": round(time.time(), 1)})
+
+    threading.Thread(target=beat, daemon=True, name="agent-alive").start()
 
 
 def _watch(stdin: IO[bytes], lost: float = LOST) -> None:
@@ -87,6 +99,7 @@ def info(job: dict[str, Any]) -> dict[str, Any]:
 
     store = Store(_store_root(job))
     blobs = inputs_dir(store.root)
+    _forget_uploads(blobs.parent / "incoming")
     out: dict[str, Any] = {
         "version": pim.__version__, "protocol": PROTOCOL, "cache_dir": str(store.root),
         "inputs": str(blobs), "incoming": str(blobs.parent / "incoming"),
@@ -102,21 +115,39 @@ def info(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _take_uploads(blobs: Path, uploads: list[str]) -> None:
-    """Move each finished upload (incoming/<digest>.part) into the input store once its
-    bytes hash to its name; a damaged one is removed. Raises BuildError for it."""
+UPLOAD_NAME = re.compile(r"^(?P<digest>[0-9a-f]{64})\.[0-9a-f]{32}\.part$")
+STALE_UPLOAD = 86400.0  # seconds: an upload nobody finished in a day is removed
+
+
+def _forget_uploads(incoming: Path) -> None:
+    """Remove uploads abandoned long ago (a client killed mid-upload)."""
+    for part in incoming.glob("*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_UPLOAD:
+                part.unlink()
+        except OSError:
+            pass
+
+
+def _take_uploads(blobs: Path, uploads: dict[str, str]) -> None:
+    """Move each finished upload ({digest: its name in incoming/}, one name per
+    upload, so two clients never write one file) into the input store once its bytes
+    hash to its digest. Raises BuildError for a damaged one (removed) or a bad name."""
     from pim.engine.errors import BuildError
     from pim.engine.pipeline.keys import file_digest
 
-    for digest in uploads:
-        part = blobs.parent / "incoming" / f"{digest}.part"
+    for digest, name in uploads.items():
+        m = UPLOAD_NAME.match(name)
+        if m is None or m["digest"] != digest:
+            raise BuildError(f"{name!r} is not an upload name for {digest[:12]}")
+        part = blobs.parent / "incoming" / name
         if (blobs / digest).is_file():
             part.unlink(missing_ok=True)
             continue
         if file_digest(part) != digest:
             part.unlink()
             raise BuildError(f"an uploaded input did not hash to {digest[:12]}; it was discarded: run the build again")
-        os.replace(part, blobs / digest)
+        os.replace(part, blobs / digest)  # atomic: a concurrent identical upload replaces it with the same bytes
 
 
 def build(job: dict[str, Any], out: _Out) -> dict[str, Any]:
@@ -131,7 +162,7 @@ def build(job: dict[str, Any], out: _Out) -> dict[str, Any]:
 
     store = Store(_store_root(job))
     blobs = inputs_dir(store.root)
-    _take_uploads(blobs, job.get("uploads", []))
+    _take_uploads(blobs, job.get("uploads", {}))
     events = Emitter(lambda e: out.send({"event": Event.to_json(e)}))
     with store.workdir(f"context-{job['image']}") as ctx:
         materialize(ctx, job["files"], lambda d: blobs / d)
@@ -146,7 +177,8 @@ def build(job: dict[str, Any], out: _Out) -> dict[str, Any]:
             sha = result.sha256 if f == result.path else file_digest(f)
             files[f.name] = {"sha256": sha, "size": f.stat().st_size}
     return {"image": result.image, "key": result.key, "path": str(result.path), "sha256": result.sha256,
-            "size": result.size, "cached": result.cached, "object": str(obj), "files": files}
+            "size": result.size, "cached": result.cached, "object": str(obj), "files": files,
+            "id": store.manifest(result.key).id}
 
 
 def main(op: str) -> int:
@@ -166,6 +198,7 @@ def main(op: str) -> int:
         return 2
     with unwinding() as unwinder:
         _watch(sys.stdin.buffer, float(job.get("lost", LOST)))
+        _alive(out)
         try:
             if op == "info":
                 result = info(job)
@@ -180,5 +213,11 @@ def main(op: str) -> int:
         except KeyboardInterrupt:
             out.send({"error": {"message": "stopped", "interrupted": True}})
             return 128 + (unwinder.fired or signal.SIGTERM)
+        except Exception as e:  # noqa: BLE001 - reported to the client, whatever it is
+            import traceback
+
+            traceback.print_exc()  # stderr: the client shows its last lines
+            out.send({"error": {"message": f"{type(e).__name__}: {e}", "internal": True}})
+            return 1
     out.send({"result": result})
     return 0

@@ -36,6 +36,8 @@ def check(b: Builder) -> dict[str, Any]:
             out["warning"] = f"runs PIM {found['version']}, this machine {pim.__version__}"
     except PimError as e:
         out.update(ok=False, error=str(e))
+    except Exception as e:  # noqa: BLE001 - one builder's odd failure must not hide the others
+        out.update(ok=False, error=f"builder {b.name}: {type(e).__name__}: {e}")
     out["seconds"] = round(time.monotonic() - start, 2)
     return out
 

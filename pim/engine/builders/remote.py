@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -62,10 +65,12 @@ def _call(conn: Connection, op: str, job: dict[str, Any], events: Emitter | None
                 chan.sendall(b"\n")
                 last[0] = time.monotonic()
 
-        for raw in lines(chan, heartbeat):
+        for raw in lines(chan, heartbeat, silent=agentmod.LOST, who=f"builder {b.name}"):
             msg = _json(raw)
             if msg is None:
                 tail = (tail + [raw.decode(errors="replace")])[-20:]
+            elif "alive" in msg:
+                continue
             elif "hello" in msg:
                 _check_version(b, msg["hello"], events)
             elif "event" in msg and events is not None:
@@ -77,7 +82,8 @@ def _call(conn: Connection, op: str, job: dict[str, Any], events: Emitter | None
     except BaseException:
         _stop(chan, b, events)
         raise
-    status = chan.recv_exit_status() if chan.exit_status_ready() else None
+    chan.status_event.wait(5.0)  # the exit status may come just after the output ends
+    status = chan.exit_status if chan.status_event.is_set() else None
     chan.close()
     if outcome is None:
         # paramiko gives -1 for a channel closed without an exit status: the link went away
@@ -85,6 +91,9 @@ def _call(conn: Connection, op: str, job: dict[str, Any], events: Emitter | None
         if status == 127:
             raise InputError(f"builder {b.name}: its PIM command {b.pim!r} was not found there; install PIM "
                              "on the builder or set pim: in builders: to its path")
+        if any("No such command" in line and "agent" in line for line in tail):
+            raise VersionMismatch(f"builder {b.name} runs a PIM release without remote builds (no `pim agent`), "
+                                  f"this machine PIM {pim.__version__}: install the same PIM release on both")
         raise BuildError(f"builder {b.name}: `pim agent {op}` ended without an answer ({why})", tail)
     kind, value = outcome
     if kind == "error":
@@ -113,9 +122,11 @@ def _check_version(b: Builder, hello: dict[str, Any], events: Emitter | None) ->
 
 
 def _stop(chan: "paramiko.Channel", b: Builder, events: Emitter | None) -> None:
-    """Ask the agent to stop (its stdin ends) and wait until its build has stopped."""
+    """Ask the agent to stop (its stdin ends) and wait up to STOP_GRACE seconds until
+    it has ended, which it does only once its build has stopped."""
     if chan.closed:
         return
+    stopped = False
     try:
         chan.shutdown_write()
         deadline = time.monotonic() + STOP_GRACE
@@ -126,54 +137,85 @@ def _stop(chan: "paramiko.Channel", b: Builder, events: Emitter | None) -> None:
                     break
             except OSError:  # socket.timeout included
                 continue
+        stopped = chan.status_event.wait(5.0) or chan.eof_received
     except Exception:  # the link is gone: the agent notices its stdin ending by itself
         pass
     finally:
         chan.close()
     if events is not None:
-        events.log(None, f"builder {b.name}: the remote build was stopped")
+        events.log(None, f"builder {b.name}: the remote build was stopped" if stopped else
+                   f"builder {b.name}: no word that the remote build stopped within {STOP_GRACE:.0f} s; it stops "
+                   "by itself once it notices the session ended")
 
 
-def upload_inputs(conn: Connection, ctx: Context, info: dict[str, Any], events: Emitter) -> list[str]:
-    """Upload every input the builder lacks into its incoming/ folder; the digests sent."""
+def upload_inputs(conn: Connection, ctx: Context, info: dict[str, Any], events: Emitter) -> dict[str, str]:
+    """Upload every input the builder lacks into its incoming/ folder, each under a
+    name of its own (two clients uploading one input never share a file); returns
+    {digest: that name}. The agent checks each one's digest before it uses it."""
     from pim.engine.remote.transfer import _Progress
 
-    blobs, sent = ctx.blobs(), []
+    blobs, sent = ctx.blobs(), {}
     for digest in info.get("missing", []):
+        if digest not in blobs:
+            continue
         local = blobs[digest]
         size = local.stat().st_size
+        name = f"{digest}.{uuid.uuid4().hex}.part"
         events.log(None, f"uploading {local.name} to builder {conn.builder.name} ({size >> 20} MiB)")
-        conn.put(local, f"{info['incoming']}/{digest}.part", _Progress(events, "upload", size, local.name))
-        sent.append(digest)
+        conn.put(local, f"{info['incoming']}/{name}", _Progress(events, "upload", size, local.name))
+        sent[digest] = name
     return sent
+
+
+def _checked(b: Builder, result: dict[str, Any]) -> dict[str, Any]:
+    """The builder's result, refused (BuildError) unless its key is a content key and its
+    files are plain names that include the artifact with the reported sha256."""
+    key, files = result.get("key"), result.get("files")
+    bad = None
+    if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{64}", key):
+        bad = f"a key that is not a content key ({key!r})"
+    elif not isinstance(files, dict) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9._-]+", n)
+                                                 and n not in (".", "..") for n in files):
+        bad = "file names no store object has"
+    elif Path(str(result.get("path"))).name not in files or \
+            files[Path(str(result["path"])).name].get("sha256") != result.get("sha256"):
+        bad = "an artifact its file list does not match"
+    if bad:
+        raise BuildError(f"builder {b.name} answered with {bad}; nothing was taken from it")
+    return result
 
 
 def fetch(conn: Connection, store: Store, result: dict[str, Any], events: Emitter) -> None:
     """Bring the builder's final object into `store`: each file streamed, resumed from a
-    partial download, checked against the sha256 the builder reported; the manifest
-    must carry the key and the artifact's digest. Published atomically."""
+    partial download of the same object, checked against the sha256 the builder
+    reported; the manifest must carry the key and name the artifact with that digest.
+    Published atomically, replacing an older object under the key (a forced rebuild).
+    Call it holding `store.lock(key)`."""
     from pim.engine.remote.transfer import _Progress
 
     key = result["key"]
-    partial = store.root / "partial" / key
+    tag = re.sub(r"[^0-9a-f]", "", str(result.get("id", "")))[:32] or "unknown"
+    root = store.root / "partial"
+    for other in root.glob(f"{key}-*"):  # a partial download of another build of this key
+        if other.name != f"{key}-{tag}":
+            shutil.rmtree(other, ignore_errors=True)
+    partial = root / f"{key}-{tag}"
     partial.mkdir(parents=True, exist_ok=True)
     total = sum(f["size"] for f in result["files"].values())
     progress = _Progress(events, "fetch", total, f"fetching {key[:12]} from {conn.builder.name}")
     for name, f in result["files"].items():
-        if "/" in name or name in ("", ".", ".."):
-            raise BuildError(f"builder {conn.builder.name} reported a file name {name!r} no object has")
         conn.get(f"{result['object']}/{name}", partial / name, f["sha256"], f["size"], progress)
     m = manifests.read(partial)
-    if m.key != key or m.artifact is None or m.artifact.sha256 != result["sha256"]:
+    if m.key != key or m.artifact is None or m.artifact.file not in result["files"] \
+            or m.artifact.sha256 != result["sha256"]:
         shutil.rmtree(partial, ignore_errors=True)
         raise BuildError(f"builder {conn.builder.name}: the object it sent is not the build of {key[:12]}")
-    with store.lock(key):
-        if not store.has(key):
-            with store.workdir(f"fetch-{key[:12]}") as work:
-                staging = work / "object"
-                os.rename(partial, staging)
-                store.publish(staging, m)
-    shutil.rmtree(partial, ignore_errors=True)
+    with store.workdir(f"fetch-{key[:12]}") as work:
+        staging = work / "object"
+        os.rename(partial, staging)
+        if store.object(key).exists():
+            store.set_aside(key)
+        store.publish(staging, m)
 
 
 def record(store: Store, builder: Builder, result: dict[str, Any]) -> Path:
@@ -196,7 +238,7 @@ def _link_errors(b: Builder) -> Iterator[None]:
 
     try:
         yield
-    except (paramiko.SSHException, EOFError, OSError) as e:
+    except (paramiko.SSHException, EOFError, ConnectionError, socket.timeout) as e:
         raise BuildError(f"builder {b.name}: the SSH connection failed during the build ({e or type(e).__name__}); "
                          "the builder stops its build when it notices; run it again") from None
 
@@ -224,14 +266,15 @@ def build(cfg: "Config", name: str, events: Emitter, *, store: Store, builder: B
         sent = upload_inputs(conn, ctx, info, events)
         job = {**base, "image": name, "spec": ctx.spec, "files": ctx.digests, "uploads": sent,
                "force": force, "builder": builder.name}
-        result = _call(conn, "build", job, events)
+        result = _checked(builder, _call(conn, "build", job, events))
         if not fetch_result:
             record(store, builder, result)
             return BuildResult(name, result["key"], Path(result["path"]), Path(result["object"]) / manifests.FILE,
                                result["sha256"], result["size"], result["cached"], builder.name)
         with store.lease(result["key"]):
-            if not store.has(result["key"]):
-                fetch(conn, store, result, events)
+            with store.lock(result["key"]):  # one fetch of a key at a time; a second finds it published
+                if force or not store.has(result["key"]):
+                    fetch(conn, store, result, events)
             out = _result(store, name, result["key"], cached=result["cached"])
     (store.root / "remote-builds" / f"{result['key']}.json").unlink(missing_ok=True)
     return BuildResult(out.image, out.key, out.path, out.manifest_path, out.sha256, out.size, out.cached,

@@ -10,6 +10,7 @@
         speed_factor: 2.0                 # how much faster than a speed-1 builder
         pim: /opt/pim/bin/pim             # the PIM command on it
         cache_dir: /var/cache/pim         # its store (default: the builder user's PIM cache)
+        fetch: true                       # false: artifacts stay on it (e.g. a Proxmox node)
       local:
         max_jobs: 1                       # the machine PIM runs on is the builder `local`
 
@@ -51,6 +52,8 @@ class BuilderSpec(BaseModel):
     speed_factor: float = Field(1.0, gt=0, le=1000, description="Relative speed; the faster builder is preferred")
     pim: str = Field("pim", description="The PIM command on the builder")
     cache_dir: str | None = Field(None, description="The builder's store (default: its user's PIM cache)")
+    fetch: bool = Field(True, description="Bring artifacts back into the local store (false: they stay on the "
+                                          "builder, recorded locally; `pim build --no-fetch` does the same once)")
 
     @field_validator("uri")
     @classmethod
@@ -77,6 +80,7 @@ class Builder:
     known_hosts: Path | None = None
     pim: str = "pim"
     cache_dir: str | None = None
+    fetch: bool = True
 
     @property
     def is_local(self) -> bool:
@@ -103,7 +107,7 @@ def resolve(name: str, spec: BuilderSpec, local_systems: Mapping[str, str]) -> B
     ({arch: accelerator}, from this host's probe) unless the spec names its systems.
     Raises ValueError for `local` with an address, or a remote builder without one."""
     if name == LOCAL:
-        if spec.uri or spec.key_file or spec.known_hosts or spec.pim != "pim" or spec.cache_dir:
+        if spec.uri or spec.key_file or spec.known_hosts or spec.pim != "pim" or spec.cache_dir or not spec.fetch:
             raise ValueError("the builder `local` is this machine: it takes only systems, max_jobs and speed_factor")
         return Builder(LOCAL, dict(spec.systems or local_systems), spec.max_jobs, spec.speed_factor)
     if spec.uri is None:
@@ -115,17 +119,27 @@ def resolve(name: str, spec: BuilderSpec, local_systems: Mapping[str, str]) -> B
     host = m["host"].strip("[]")
     return Builder(name, dict(spec.systems), spec.max_jobs, spec.speed_factor, m["user"], host,
                    int(m["port"] or 22), _expand(spec.key_file), _expand(spec.known_hosts),
-                   spec.pim, spec.cache_dir)
+                   spec.pim, spec.cache_dir, spec.fetch)
+
+
+# How a builder is reached and what runs there: for a builder in the per-user file, these
+# come from that file only, so a project's pim.yaml cannot point the user's key at
+# another host or command.
+CONNECTION = ("uri", "key_file", "known_hosts", "pim", "cache_dir")
 
 
 def merge(user: Mapping[str, Any] | None, project: Mapping[str, Any] | None) -> dict[str, BuilderSpec]:
-    """The effective builders: every name from either file; for a name in both, the
-    per-user entry's fields with pim.yaml's over them (the same rule as `cache:`).
-    Raises pydantic.ValidationError for a bad entry."""
+    """The effective builders: every name from either file. For a name in both, the
+    per-user entry's fields with pim.yaml's over them (the same rule as `cache:`),
+    except the CONNECTION fields, which stay the per-user file's. Raises
+    pydantic.ValidationError for a bad entry."""
     out: dict[str, BuilderSpec] = {}
-    for name in {**(user or {}), **(project or {})}:
-        data = {**((user or {}).get(name) or {}), **((project or {}).get(name) or {})}
-        out[name] = BuilderSpec.model_validate(data)
+    user, project = user or {}, project or {}
+    for name in {**user, **project}:
+        mine, theirs = dict(user.get(name) or {}), dict(project.get(name) or {})
+        if name in user:
+            theirs = {k: v for k, v in theirs.items() if k not in CONNECTION}
+        out[name] = BuilderSpec.model_validate({**mine, **theirs})
     return out
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 10.0  # seconds for TCP connect, the SSH banner and authentication each
 KEEPALIVE = 5  # seconds between SSH keepalives: a dead link is noticed
 CHUNK = 1 << 20
+SILENT = 30.0  # seconds without a byte from the builder before the link counts as dead
 
 
 class BuilderUnreachable(BuildError):
@@ -90,6 +91,10 @@ class Connection:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE)
+        # paramiko's own rekey (every 2**29 bytes) can stall a channel that streams data in
+        # ("Key-exchange timed out waiting for key negotiation", paramiko#822); OpenSSH's
+        # server rekeys by itself (RekeyLimit, 1-4 GiB by cipher), which paramiko handles.
+        transport.packetizer.REKEY_BYTES = transport.packetizer.REKEY_PACKETS = 1 << 40
         self.client = client
         self._sftp: "paramiko.SFTPClient | None" = None
 
@@ -135,30 +140,31 @@ class Connection:
         return chan
 
     def put(self, local: Path, remote: str, progress: Callable[[int], None] | None = None) -> None:
-        """Upload `local` to `remote` (a path on the builder), appending to what an
-        earlier, interrupted upload left there."""
-        sftp, size = self.sftp, local.stat().st_size
+        """Upload `local` to `remote` (a path on the builder that is this upload's own).
+        Raises BuildError when the link stays silent for SILENT seconds."""
+        sftp = self.sftp
+        sftp.get_channel().settimeout(SILENT)
         try:
-            done = sftp.stat(remote).st_size or 0
-        except FileNotFoundError:
-            done = 0
-        done = done if done <= size else 0
-        with open(local, "rb") as src, sftp.open(remote, "ab" if done else "wb") as dst:
-            dst.set_pipelined(True)
-            src.seek(done)
-            if progress and done:
-                progress(done)
-            while chunk := src.read(CHUNK):
-                dst.write(chunk)
-                if progress:
-                    progress(len(chunk))
+            with open(local, "rb") as src, sftp.open(remote, "wb") as dst:
+                dst.set_pipelined(True)
+                while chunk := src.read(CHUNK):
+                    dst.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        except socket.timeout:
+            raise BuildError(f"builder {self.builder.name}: no answer for {SILENT:.0f} s while uploading "
+                             f"{local.name}; the link is down") from None
 
     def get(self, remote: str, local: Path, sha256: str, size: int, progress: Callable[[int], None] | None = None,
             mode: int = 0o644) -> None:
         """Download `remote` into `local`, continuing a partial `local` left by an
         interrupted download, and check the whole file's sha256 and size.
 
-        Raises BuildError (and removes `local`) when the bytes do not match.
+        The bytes come as a plain stream (`tail -c +N`, POSIX), which moves about 1.5
+        times what SFTP's request/response blocks do over the same connection. Raises
+        BuildError (and removes `local`) when the bytes do not match, when the builder
+        cannot read the file or the link stays silent for SILENT seconds, and for a
+        local write that fails (naming the path).
         """
         have = local.stat().st_size if local.exists() else 0
         if have > size:
@@ -171,21 +177,29 @@ class Connection:
                     digest.update(chunk)
             if progress:
                 progress(have)
-        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
-        # A plain byte stream (`tail -c +N`, POSIX) moves about 1.6 times what SFTP's
-        # request/response blocks do over the same connection.
         transport = self.client.get_transport()
         assert transport is not None
         chan = transport.open_session(timeout=CONNECT_TIMEOUT)
         try:
+            chan.settimeout(SILENT)
             chan.exec_command(f"tail -c +{have + 1} {shlex.quote(remote)}")
-            with os.fdopen(fd, "ab") as dst:
+            with open(local, "ab") as dst:
+                os.chmod(local, mode)
                 while chunk := chan.recv(CHUNK):
                     dst.write(chunk)
                     digest.update(chunk)
                     if progress:
                         progress(len(chunk))
-            status = chan.recv_exit_status()
+            chan.status_event.wait(CONNECT_TIMEOUT)
+            status = chan.exit_status if chan.status_event.is_set() else -1
+        except socket.timeout:
+            raise BuildError(f"builder {self.builder.name}: no data for {SILENT:.0f} s while fetching {remote}; "
+                             "the link is down (run the build again: the download resumes)") from None
+        except OSError as e:
+            if isinstance(e, (ConnectionError, EOFError)):
+                raise
+            raise BuildError(f"cannot write {local}: {e.strerror or e}; free space or fix the store's "
+                             "permissions, then run the build again") from None
         finally:
             chan.close()
         if status != 0:
@@ -197,21 +211,29 @@ class Connection:
                              "from its manifest); it was discarded, run the build again")
 
 
-def lines(chan: "paramiko.Channel", heartbeat: Callable[[], None], every: float = 1.0) -> Iterator[bytes]:
+def lines(chan: "paramiko.Channel", heartbeat: Callable[[], None], every: float = 1.0,
+          silent: float | None = None, who: str = "the builder") -> Iterator[bytes]:
     """The lines `chan` prints on stdout until it ends; `heartbeat()` is called at
-    least every `every` seconds while waiting (the wait itself can be interrupted)."""
+    least every `every` seconds while waiting (the wait itself can be interrupted).
+    Raises BuildError when nothing at all comes for `silent` seconds (a link that died
+    without closing: the agent sends a line every few seconds while it works)."""
     chan.settimeout(every)
-    buf, last = b"", time.monotonic()
+    buf, last, heard = b"", time.monotonic(), time.monotonic()
     while True:
         try:
             chunk = chan.recv(1 << 16)
         except socket.timeout:
             chunk = None
-        if time.monotonic() - last >= every or chunk is None:
+        now = time.monotonic()
+        if now - last >= every or chunk is None:
             heartbeat()
-            last = time.monotonic()
+            last = now
         if chunk is None:
+            if silent is not None and now - heard > silent:
+                raise BuildError(f"{who} sent nothing for {silent:.0f} s: the link is down; the builder stops "
+                                 "its build when it notices")
             continue
+        heard = now
         if not chunk:
             if buf:
                 yield buf

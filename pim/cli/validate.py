@@ -12,7 +12,8 @@ from pim.cli.common import ConfigOpt, fail
 
 def validate(config: Path = ConfigOpt) -> None:
     """Check a config and its answer files; list every problem with its path and the rule it broke."""
-    from pim.engine.errors import PimError, SpecError
+    from pim.engine.builders import load
+    from pim.engine.errors import PimError, Problem, SpecError
     from pim.engine.installers.prepare import check_answers
     from pim.engine.config.spec import load_config
 
@@ -20,6 +21,11 @@ def validate(config: Path = ConfigOpt) -> None:
         cfg = load_config(config)
         notes: list[str] = []
         problems = [p for name in sorted(cfg.images) for p in check_answers(cfg, name, notes)]
+        builders = load(cfg)
+        problems += [Problem(f"images.{name}.builder", f"no builder named {spec.builder!r} (configured: "
+                                                       f"{', '.join(sorted(builders))}); declare it under builders: "
+                                                       "in pim.yaml or the per-user builders.yaml")
+                     for name, spec in sorted(cfg.images.items()) if spec.builder and spec.builder not in builders]
         for note in notes:  # which checks ran and how; warnings
             typer.echo(note, err=True)
         if problems:

@@ -61,3 +61,13 @@ def test_builders_list_merges_the_user_file(tmp_path: Path) -> None:
     listed = {b["name"]: b for b in json.loads(run.stdout)}
     assert set(listed) == {"arm-box", "mine", "local"}
     assert listed["mine"]["address"] == "me@10.1.2.3:2222" and listed["arm-box"]["max_jobs"] == 2
+
+
+def test_validate_names_an_image_builder_nobody_declared(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "p", {"arm": minimal_image(arch="aarch64", builder="arm-bx")}, MINIMAL_FILES)
+    data = yaml.safe_load(cfg.read_text())
+    data["builders"] = {"arm-box": ARM}
+    cfg.write_text(yaml.safe_dump(data))
+    run = _pim("validate", "-c", str(cfg), home=tmp_path)
+    assert run.returncode == 2
+    assert "images.arm.builder" in run.stderr and "no builder named 'arm-bx' (configured: arm-box, local)" in run.stderr

@@ -160,7 +160,7 @@ class Connection:
         """Download `remote` into `local`, continuing a partial `local` left by an
         interrupted download, and check the whole file's sha256 and size.
 
-        The bytes come as a plain stream (`tail -c +N`, POSIX), which moves about 1.5
+        The bytes come as a plain stream (`cat`, or `tail -c +N` to resume), which moves about 1.5
         times what SFTP's request/response blocks do over the same connection. Raises
         BuildError (and removes `local`) when the bytes do not match, when the builder
         cannot read the file or the link stays silent for SILENT seconds, and for a
@@ -182,7 +182,8 @@ class Connection:
         chan = transport.open_session(timeout=CONNECT_TIMEOUT)
         try:
             chan.settimeout(SILENT)
-            chan.exec_command(f"tail -c +{have + 1} {shlex.quote(remote)}")
+            # cat copies in larger blocks than tail; tail -c +N (POSIX) starts a resumed one at byte N
+            chan.exec_command(f"tail -c +{have + 1} {shlex.quote(remote)}" if have else f"cat {shlex.quote(remote)}")
             with open(local, "ab") as dst:
                 os.chmod(local, mode)
                 while chunk := chan.recv(CHUNK):

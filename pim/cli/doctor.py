@@ -36,11 +36,14 @@ def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators
         typer.echo(f"ok    accelerator for {arch}: {verdict.accel} — {verdict.reason}")
         for name, what in verdict.tried.items():
             typer.echo(f"        {name}: {what}")
-    for arch, found in firmware.discover().items():
+    for arch in firmware.discover():
+        found = firmware.locate(arch)
         if found:
-            typer.echo(f"ok    UEFI firmware for {arch}: {found.code} (vars template {found.vars})")
+            typer.echo(f"ok    UEFI firmware for {arch}: {found.firmware.code} (vars template {found.firmware.vars}; "
+                       f"from {found.source})")
         else:
-            typer.echo(f"--    UEFI firmware for {arch}: not found (BIOS builds still work)")
+            what = "BIOS builds still work" if arch == "x86_64" else f"{arch} images cannot be built here"
+            typer.echo(f"--    UEFI firmware for {arch}: not found ({what})")
     cache = cache_dir()
     free = shutil.disk_usage(cache).free
     mark = "ok  " if free > 20 << 30 else "warn"

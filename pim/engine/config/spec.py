@@ -276,7 +276,7 @@ class ImageSpec(_Model):
     cpus: int = Field(2, ge=1, description="Virtual CPUs (QEMU's -smp): at most 1024 on x86_64 (q35), 512 on "
                                          "aarch64 (virt)")
     memory: Size = Field(2 << 30, ge=256 << 20, description="Guest memory, at least 256M, in whole MiB")
-    firmware: Firmware = Firmware.bios
+    firmware: Firmware = Field(Firmware.bios, description="bios or uefi; aarch64 images are always uefi")
     accel: Accel = Accel.auto
     installer: Installer
     ssh: SSH = SSH()
@@ -288,6 +288,21 @@ class ImageSpec(_Model):
     output: Output = Output()
     builder: str | None = Field(None, description="Build on this builder (a name under builders:, or local) "
                                                   "instead of where routing sends it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_firmware(cls, data: Any) -> Any:
+        """The firmware is decided here, once: aarch64 machines (QEMU's virt, EC2's
+        Graviton, Proxmox's aarch64 VMs) boot only UEFI, so an aarch64 image is UEFI
+        whether or not it says so, and `firmware: bios` with it is a contradiction.
+        Templates, every QEMU of the build, stage keys, manifest and deploy read this
+        one value."""
+        if isinstance(data, dict) and str(data.get("arch", "")) == Arch.aarch64.value:
+            if str(data.get("firmware", Firmware.uefi.value)) != Firmware.uefi.value:
+                raise ValueError(f"firmware: {data.get('firmware')} with arch: aarch64: arm64 machines boot only UEFI; "
+                                 "remove firmware or set firmware: uefi")
+            data = {**data, "firmware": Firmware.uefi.value}
+        return data
 
     @model_validator(mode="after")
     def _cpus_the_machine_takes(self) -> "ImageSpec":

@@ -1,8 +1,25 @@
-"""UEFI firmware discovery (OVMF for x86_64, AAVMF for aarch64) and per-VM vars copies."""
+"""UEFI firmware discovery (OVMF for x86_64, AAVMF for aarch64) and per-VM vars copies.
+
+Firmware is found the standard way first: QEMU's firmware descriptors (the interop
+specification, docs/interop/firmware.json in QEMU's source), JSON files in
+/usr/share/qemu/firmware, /etc/qemu/firmware and $XDG_CONFIG_HOME/qemu/firmware. A
+file in a later folder replaces the one of the same name in an earlier folder (an
+empty file hides it); the remaining files are tried in file-name order, which is
+their priority. A descriptor is used when it describes UEFI on flash for the
+architecture and the machine type PIM runs (q35, virt), with a raw code image and
+a variables template that exist, and needs none of the features PIM's VMs do not
+provide (Secure Boot with enrolled keys, SMM). A list of well-known paths
+(Debian/Ubuntu, Fedora, Homebrew) is the fallback for hosts without descriptors.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from pim.engine.errors import InputError
@@ -24,21 +41,94 @@ _CANDIDATES: dict[str, list[tuple[str, str]]] = {
         ("/usr/local/share/qemu/edk2-aarch64-code.fd", "/usr/local/share/qemu/edk2-arm-vars.fd"),
     ],
 }
+# The versioned machine type names the descriptors' globs match ("pc-q35-*", "virt-*").
+_MACHINE_FAMILY = {"x86_64": "pc-q35", "aarch64": "virt"}
+# Features a descriptor may need that PIM's VMs do not give (no SMM, no Secure Boot keys).
+_UNWANTED = {"requires-smm", "secure-boot", "enrolled-keys", "amd-sev-es", "amd-sev-snp", "intel-tdx"}
+
+
+@dataclass(frozen=True)
+class Found:
+    """Firmware for one architecture and where it was found (a descriptor file, or
+    "fallback paths")."""
+
+    firmware: Firmware
+    source: str
+
+
+def search_dirs() -> list[Path]:
+    """The descriptor folders, lowest priority first (QEMU's firmware interop spec)."""
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [Path("/usr/share/qemu/firmware"), Path("/etc/qemu/firmware"), config / "qemu" / "firmware"]
+
+
+def descriptors(dirs: list[Path] | None = None) -> list[Path]:
+    """The descriptor files in priority order, after same-named files in later folders
+    replaced earlier ones (an empty file hides its name)."""
+    by_name: dict[str, Path] = {}
+    for folder in dirs if dirs is not None else search_dirs():
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            by_name[path.name] = path
+    return [by_name[n] for n in sorted(by_name) if by_name[n].stat().st_size > 0]
+
+
+def _machine(arch: str) -> str:
+    """The versioned machine name QEMU's `q35`/`virt` alias stands for here, e.g. pc-q35-7.2."""
+    from pim.engine.qemu.img import qemu_version
+
+    m = re.search(r"version (\d+)\.(\d+)", qemu_version(arch))
+    return f"{_MACHINE_FAMILY[arch]}-{m[1]}.{m[2]}" if m else f"{_MACHINE_FAMILY[arch]}-0.0"
+
+
+def from_descriptor(path: Path, arch: str, machine: str) -> Firmware | None:
+    """The firmware `path` describes, when it fits `arch` on `machine` (see the module
+    docstring); None otherwise, and for a file that is not a readable descriptor."""
+    try:
+        d = json.loads(path.read_text())
+        mapping = d["mapping"]
+        if "uefi" not in d.get("interface-types", []) or mapping.get("device") != "flash":
+            return None
+        if _UNWANTED & set(d.get("features", [])):
+            return None
+        if not any(t.get("architecture") == arch and any(fnmatch.fnmatch(machine, g) for g in t.get("machines", []))
+                   for t in d.get("targets", [])):
+            return None
+        code, template = mapping["executable"], mapping["nvram-template"]
+        if code.get("format", "raw") != "raw" or template.get("format", "raw") != "raw":
+            return None  # PIM gives QEMU raw pflash drives
+        fw = Firmware(Path(code["filename"]), Path(template["filename"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return fw if fw.code.is_file() and fw.vars.is_file() else None
+
+
+def locate(arch: str, dirs: list[Path] | None = None) -> Found | None:
+    """UEFI firmware for `arch` ("x86_64" | "aarch64"): from the descriptors, else the
+    fallback paths; None when neither has it."""
+    if arch in _MACHINE_FAMILY:
+        machine = _machine(arch)
+        for path in descriptors(dirs):
+            fw = from_descriptor(path, arch, machine)
+            if fw is not None:
+                return Found(fw, str(path))
+    for code, template in _CANDIDATES.get(arch, []):
+        if Path(code).is_file() and Path(template).is_file():
+            return Found(Firmware(Path(code), Path(template)), "fallback paths")
+    return None
 
 
 def discover() -> dict[str, Firmware | None]:
-    found: dict[str, Firmware | None] = {}
-    for arch, pairs in _CANDIDATES.items():
-        found[arch] = next((Firmware(Path(c), Path(v)) for c, v in pairs if Path(c).is_file() and Path(v).is_file()), None)
-    return found
+    """{arch: firmware or None} for every architecture PIM builds."""
+    return {arch: (f.firmware if (f := locate(arch)) else None) for arch in _CANDIDATES}
 
 
 def for_vm(arch: str, vars_path: Path) -> Firmware:
-    """The firmware with this VM's own copy of the variables store at vars_path."""
-    found = discover().get(arch)
+    """The firmware with this VM's own copy of the variables store at vars_path.
+    Raises InputError naming the package to install when none is found."""
+    found = locate(arch)
     if found is None:
         raise InputError(f"firmware: uefi needs OVMF/AAVMF for {arch}; install it (Debian: ovmf, "
-                         "qemu-efi-aarch64) or set firmware: bios")
+                         "qemu-efi-aarch64)" + (" or set firmware: bios" if arch == "x86_64" else ""))
     if not vars_path.exists():
-        shutil.copyfile(found.vars, vars_path)
-    return Firmware(found.code, vars_path)
+        shutil.copyfile(found.firmware.vars, vars_path)
+    return Firmware(found.firmware.code, vars_path)

@@ -58,3 +58,17 @@ def test_the_builder_computes_the_same_keys(tmp_path: Path) -> None:
 def test_context_paths_cannot_leave_the_context(tmp_path: Path, rel: str) -> None:
     with pytest.raises(ValueError, match="not a context path"):
         materialize(tmp_path / "c", {rel: "abc"}, lambda d: tmp_path / d)
+
+
+def test_a_builder_with_the_clients_salt_computes_the_clients_keys(tmp_path: Path) -> None:
+    """The SSH password enters the keys as a keyed hash with a per-store salt: a builder
+    given the client's salt computes the client's keys; its own salt gives others."""
+    from pim.engine.pipeline.build import _keys
+    from pim.engine.pipeline.keys import store_salt
+
+    cfg = _config(tmp_path)
+    client, builder = Store(tmp_path / "client"), Store(tmp_path / "builder")
+    spec, iso = cfg.image("web"), "ab" * 32
+    mine = _keys(cfg, spec, "web", iso, client)
+    assert _keys(cfg, spec, "web", iso, builder, store_salt(client.root)) == mine
+    assert _keys(cfg, spec, "web", iso, builder).install != mine.install

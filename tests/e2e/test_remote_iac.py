@@ -23,6 +23,7 @@ from tests.tofu.tf import TERRAFORM, Terraform, needs_terraform
 pytestmark = pytest.mark.e2e
 
 STEP = {"type": "shell", "name": "iac", "inline": "echo routed by iac > /root/iac"}
+PASSWORD = "iac-remote-s3cret"
 MAIN_TF = """terraform {
   required_providers {
     pim = { source = "pim.invalid/pim/pim" }
@@ -59,7 +60,9 @@ def _clean(host: sshd.BuilderHost, before: set[str], limit: float = 30) -> None:
 def test_terraform_builds_on_the_builder_and_stop_provider_stops_it(
         fixture_iso: Path, tmp_path: Path, builder_host: sshd.BuilderHost, runtime_root: Path) -> None:
     host = builder_host
-    remote_config(tmp_path / "pim", fixture_iso, host, provision=[STEP])
+    # With a password the keys hash it with the client's salt: the builder is given that salt,
+    # or the key after apply would differ from the planned one.
+    remote_config(tmp_path / "pim", fixture_iso, host, provision=[STEP], ssh={"timeout": "5m", "password": PASSWORD})
     (tmp_path / "main.tf").write_text(MAIN_TF)
     cache = tmp_path / "client-cache"
     tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(cache),
@@ -70,6 +73,7 @@ def test_terraform_builds_on_the_builder_and_stop_provider_stops_it(
     assert Path(out["path"]["value"]).is_relative_to(cache) and Path(out["path"]["value"]).is_file()
     assert (host.cache / "objects" / out["key"]["value"]).is_dir(), "built on the builder"
     assert "No changes" in tf("plan").stdout
+    assert PASSWORD not in (tmp_path / "terraform.tfstate").read_text()
 
     # Ctrl-C during a remote build: StopProvider ends it on the builder too
     remote_config(tmp_path / "pim", fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})

@@ -169,7 +169,8 @@ def build(job: dict[str, Any], out: _Out) -> dict[str, Any]:
         cfg = parse_config({"images": {job["image"]: job["spec"]}}, ctx, f"context of {job['image']}")
         result = run_build(cfg, job["image"], events, store=store, force=bool(job.get("force")),
                            builder=job.get("builder", "remote"), remote=open_remote(None),
-                           max_jobs=int(job.get("max_jobs", 1)))
+                           max_jobs=int(job.get("max_jobs", 1)),
+                           secret_salt=bytes.fromhex(job["salt"]) if job.get("salt") else None)
     obj = result.path.parent
     files = {}
     for f in sorted(obj.iterdir()):

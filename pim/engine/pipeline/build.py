@@ -78,11 +78,12 @@ def _iso_sha(cfg: Config, spec: ImageSpec, store: Store) -> str:
     return resolve_iso(spec.source, cfg.base_dir, store.root, Emitter())[1]
 
 
-def _keys(cfg: Config, spec: ImageSpec, name: str, iso_sha: str, store: Store) -> keymod.StageKeys:
+def _keys(cfg: Config, spec: ImageSpec, name: str, iso_sha: str, store: Store,
+          salt: bytes | None = None) -> keymod.StageKeys:
     from pim.engine.qemu import img
 
     compression = img.resolve_compression(spec.output.compression.value)
-    return keymod.stage_keys(cfg, spec, iso_sha, store.root, name, compression=compression)
+    return keymod.stage_keys(cfg, spec, iso_sha, store.root, name, compression=compression, salt=salt)
 
 
 def content_keys(cfg: Config, name: str, store: Store) -> dict[str, str]:
@@ -103,7 +104,8 @@ def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:
 
 
 def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store, force: bool = False,
-          builder: str = "local", remote: Bucket | None = None, max_jobs: int | None = None) -> BuildResult:
+          builder: str = "local", remote: Bucket | None = None, max_jobs: int | None = None,
+          secret_salt: bytes | None = None) -> BuildResult:
     """Build image `name` of `cfg` into `store`, reusing every cached stage.
 
     Events go to `events` (stage-begin/stage-end with `key` and `cached`, log,
@@ -114,7 +116,9 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     a remote that fails is a warning, never a failed build. With `max_jobs`, a build
     that has stages to run first takes one of that many slots of the store
     (`builders.slots`, shared with every PIM process on this machine) and waits for
-    one while all are taken; a cache hit takes none. Raises InputError for bad
+    one while all are taken; a cache hit takes none. `secret_salt`: the salt for the
+    keyed hash of the SSH password in the keys, when it is not this store's (a builder
+    computes the keys of the client it builds for). Raises InputError for bad
     input, BuildError (InstallerFailed, ProvisionError, VMError, CommandError) when a
     stage fails; an interrupt (KeyboardInterrupt) unwinds the same way. Whatever
     happens, no QEMU, runtime file or scratch folder is left, and no unfinished
@@ -127,7 +131,7 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     if spec.ssh.password is not None:  # masked in every event from the start, whichever stage runs
         events.add_secret(spec.ssh.password.get_secret_value())
     iso, iso_sha = resolve_iso(spec.source, cfg.base_dir, store.root, events)
-    keys = _keys(cfg, spec, name, iso_sha, store)
+    keys = _keys(cfg, spec, name, iso_sha, store, secret_salt)
     # No lock is held here: each stage takes its own key's lock in the loop and looks
     # again once it has it, so a concurrent build of the same image waits there and
     # then finds the stages published. Leases are held until the ref is written, so

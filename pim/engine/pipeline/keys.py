@@ -59,12 +59,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def secret_digest(secret: str, cache: Path) -> str:
-    """Keyed hash of a secret, so keys change with it but never reveal it.
-
-    The salt is per store (`secret-salt`, 0600), so a key published elsewhere cannot
-    be used to guess a weak password offline.
-    """
+def store_salt(cache: Path) -> bytes:
+    """The store's salt for keyed hashes of secrets (`secret-salt`, 32 random bytes,
+    0600), made on first use."""
     salt_file = cache / "secret-salt"
     if not salt_file.exists():
         tmp = cache / f"secret-salt.{os.getpid()}"
@@ -77,7 +74,17 @@ def secret_digest(secret: str, cache: Path) -> str:
             pass
         finally:
             tmp.unlink()
-    return hmac.new(salt_file.read_bytes(), secret.encode(), hashlib.sha256).hexdigest()
+    return salt_file.read_bytes()
+
+
+def secret_digest(secret: str, cache: Path, salt: bytes | None = None) -> str:
+    """Keyed hash of a secret, so keys change with it but never reveal it.
+
+    The salt is per store (`store_salt`), so a key published elsewhere cannot be used
+    to guess a weak password offline; `salt` gives another store's (a remote build
+    computes the keys of the client that asked for it).
+    """
+    return hmac.new(salt if salt is not None else store_salt(cache), secret.encode(), hashlib.sha256).hexdigest()
 
 
 def family_digests(family: str) -> dict[str, Any]:
@@ -95,7 +102,8 @@ def family_digests(family: str) -> dict[str, Any]:
     }
 
 
-def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, image: str) -> dict[str, Any]:
+def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, image: str,
+                   salt: bytes | None = None) -> dict[str, Any]:
     """What the install stage's key hashes (JSON-able; the password only as a keyed hash).
 
     `image` is the image's name: templates get it as {{ image }} and, made a host
@@ -125,7 +133,7 @@ def install_inputs(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, i
         "boot": inst.boot.model_dump(mode="json", exclude={"command_delay"}) if inst.boot else None,
         "image": image,
         "ssh_user": spec.ssh.user,
-        "ssh_password": secret_digest(password, cache) if password else None,
+        "ssh_password": secret_digest(password, cache, salt) if password else None,
     }
 
 
@@ -204,15 +212,16 @@ class StageKeys:
 
 
 def stage_keys(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, image: str, *,
-               compression: str) -> StageKeys:
+               compression: str, salt: bytes | None = None) -> StageKeys:
     """The install, provision and final keys of image `image` (its spec `spec`) built
     from an ISO with `iso_sha256`.
 
-    `cache` is the store root (it holds the salt for the password's keyed hash);
+    `cache` is the store root (it holds the salt for the password's keyed hash;
+    `salt` replaces it: a builder computes its client's keys);
     `compression` the artifact's resolved compression (see `final_inputs`).
     Raises InputError when a file the keys hash cannot be read.
     """
-    install = digest(install_inputs(cfg, spec, iso_sha256, cache, image))
+    install = digest(install_inputs(cfg, spec, iso_sha256, cache, image, salt))
     provision = digest(provision_inputs(cfg, spec, install))
     final = digest(final_inputs(spec, provision, compression))
     return StageKeys(install, provision, final)

@@ -60,3 +60,15 @@ def test_uefi_firmware_and_arm(tmp_path: Path) -> None:
     assert f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path / 'code.fd'}" in drives
     assert f"if=pflash,format=raw,unit=1,file={tmp_path / 'vars.fd'}" in drives
     assert "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=2" in _opt(argv, "-device")
+
+
+def test_cpu_model_per_arch_accelerator_and_qemu(tmp_path: Path) -> None:
+    from pim.engine.qemu.argv import cpu_model
+
+    assert cpu_model("x86_64", "kvm") == cpu_model("aarch64", "hvf") == "host"
+    assert cpu_model("x86_64", "tcg", (7, 2)) == "max"
+    assert cpu_model("aarch64", "tcg", (7, 2)) == "max,pauth-impdef=on"
+    assert cpu_model("aarch64", "tcg", (5, 2)) == cpu_model("aarch64", "tcg") == "max"  # no pauth-impdef before 6.0
+    argv = build_argv(_cfg(tmp_path, arch="aarch64", accel="tcg", cpu="max,pauth-impdef=on"))
+    assert argv[0] == "qemu-system-aarch64" and _opt(argv, "-cpu") == ["max,pauth-impdef=on"]
+    assert _opt(argv, "-machine") == ["virt,accel=tcg"]

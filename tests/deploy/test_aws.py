@@ -249,3 +249,18 @@ def test_part_size_respects_the_part_limit() -> None:
     assert s3import.part_size(1 << 30) == 8 << 20
     assert s3import.part_size(2 << 40) * s3import.MAX_PARTS >= 2 << 40
     assert s3import.part_size(2 << 40) % (1 << 20) == 0
+
+
+def test_an_aarch64_build_becomes_an_arm64_uefi_ami(aws: str, tmp_path: Path, events: Recorder,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+    real = amis.register_args
+    monkeypatch.setattr(amis, "register_args", lambda *a: sent.append(real(*a)) or sent[-1])
+    d = make_disk(tmp_path, "arm", 16 * BLOCK, standard_writes()[:3], firmware="uefi")
+    image = BuiltImage(**{**d.image.__dict__, "arch": "aarch64"})
+    result = aws_mod.deploy(aws_target(aws), image, events.emitter)
+    ami = boto(aws, "ec2").describe_images(ImageIds=[result.resources["regions"]["us-east-1"]["ami"]])["Images"][0]
+    assert (ami["BootMode"], ami["State"]) == ("uefi", "available")
+    # moto 5 keeps no Architecture for a registered image: the request is checked instead
+    assert [(a["Architecture"], a["BootMode"]) for a in sent] == [("arm64", "uefi")]
+    assert snapshot_blocks(aws, result.resources["regions"]["us-east-1"]["snapshot"]) == nonzero_blocks(d.raw)

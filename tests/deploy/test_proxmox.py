@@ -192,3 +192,16 @@ def test_a_missing_secret_names_the_variable_and_the_file(pve: Any, pve_cert: tu
     result = proxmox.deploy(pve_target(pve, pve_cert[0], token_secret_file="secret.txt"), disk.image,
                             events.emitter, base_dir=tmp_path)
     assert result.created
+
+
+def test_an_aarch64_build_becomes_an_aarch64_uefi_template(pve: Any, pve_env: str, pve_cert: tuple, disk: Disk,
+                                                          events: Recorder) -> None:
+    image = BuiltImage(**{**disk.image.__dict__, "arch": "aarch64", "firmware": "uefi",
+                          "key": hashlib.sha256(b"aarch64-template").hexdigest()})
+    result = proxmox.deploy(pve_target(pve, pve_cert[0]), image, events.emitter, "pve")
+    config = pve.vms[result.resources["vmid"]]
+    assert config["arch"] == "aarch64" and config["bios"] == "ovmf" and config["template"] == 1
+    assert config["efidisk0"].startswith("local-lvm:") and "efitype=4m" in config["efidisk0"]
+    assert config["scsi1"] == "local-lvm:cloudinit" and "ide2" not in config  # no IDE bus on aarch64
+    assert "machine" not in config  # q35 is x86 only; PVE picks virt for aarch64
+    assert pve.schema_errors == []

@@ -59,6 +59,11 @@ class BuildContext:
             from pim.engine.qemu.firmware import for_vm
 
             overrides["firmware"] = for_vm(self.spec.arch.value, disk.parent / "efivars.fd")
+        if "cpu" not in overrides:
+            from pim.engine.qemu.argv import cpu_model
+            from pim.engine.qemu.img import qemu_release
+
+            overrides["cpu"] = cpu_model(self.spec.arch.value, self.accel, qemu_release(self.spec.arch.value))
         return VmConfig(
             name=self.name,
             disk=disk,

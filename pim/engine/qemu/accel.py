@@ -24,7 +24,7 @@ from pim.engine.run import DEVNULL, PIPE, find_tool, start
 from pim.engine.wait import until
 
 MARKER = b"PIM-ACCEL-OK"
-PROBE_VERSION = 2  # bump when the probe changes, so remembered verdicts are redone
+PROBE_VERSION = 3  # bump when the probe changes, so remembered verdicts are redone
 
 # x86 real mode, loaded at 0x7c00: print MARKER on COM1 (0x3f8), then halt.
 _BOOT_CODE = bytes.fromhex(
@@ -51,6 +51,34 @@ def boot_sector() -> bytes:
     return code.ljust(510, b"\0") + b"\x55\xaa"
 
 
+# AArch64 at EL1 with the MMU off, loaded by the virt machine from an ELF: print MARKER on
+# the PL011 UART's data register (0x09000000 on QEMU's virt board), then wait.
+_ARM_CODE = (
+    0xD2A12001,  # movz x1, #0x0900, lsl #16      x1 = 0x09000000
+    0x100000E2,  # adr  x2, MARKER                 (pc + 28)
+    0x38401443,  # loop: ldrb w3, [x2], #1
+    0x34000063,  # cbz  w3, done                   (pc + 12)
+    0x39000023,  # strb w3, [x1]
+    0x17FFFFFD,  # b    loop
+    0xD503205F,  # done: wfe
+    0x17FFFFFF,  # b    done
+)
+_ARM_LOAD = 0x40080000  # in the virt board's RAM, which starts at 0x40000000
+
+
+def arm_probe_elf() -> bytes:
+    """A minimal ELF64 (one PT_LOAD segment, System V gABI) holding `_ARM_CODE` and MARKER."""
+    import struct
+
+    body = b"".join(struct.pack("<I", w) for w in _ARM_CODE) + MARKER + b"\0"
+    headers = 64 + 56
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little-endian, version 1
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 2, 183, 1, _ARM_LOAD + headers, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    size = headers + len(body)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, _ARM_LOAD, _ARM_LOAD, size, size, 0x1000)  # PT_LOAD, R+X
+    return ehdr + phdr + body
+
+
 @dataclass(frozen=True)
 class Verdict:
     accel: str
@@ -75,32 +103,21 @@ def probe_one(accel: str, arch: str = "x86_64", timeout: float = 5.0) -> tuple[b
 
     Raises MissingTool when QEMU for arch is not installed.
     """
-    if arch != "x86_64":
-        return _probe_start_only(accel, arch, timeout)
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="pim-accel-") as tmp:
-        disk, serial = Path(tmp) / "probe.img", Path(tmp) / "serial.log"
-        disk.write_bytes(boot_sector())
-        argv = [
-            qemu_binary(arch), "-machine", f"pc,accel={accel}", "-nodefaults", "-display", "none",
-            "-m", "64", "-drive", f"file={disk},format=raw,if=ide", "-serial", f"file:{serial}",
-        ]
+        serial = Path(tmp) / "serial.log"
+        base = [qemu_binary(arch), "-nodefaults", "-display", "none", "-m", "64", "-serial", f"file:{serial}"]
+        if arch == "aarch64":
+            elf = Path(tmp) / "probe.elf"
+            elf.write_bytes(arm_probe_elf())
+            argv = base + ["-machine", f"virt,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
+                           "-kernel", str(elf)]
+        else:
+            disk = Path(tmp) / "probe.img"
+            disk.write_bytes(boot_sector())
+            argv = base + ["-machine", f"pc,accel={accel}", "-drive", f"file={disk},format=raw,if=ide"]
         return _watch(argv, serial, timeout)
-
-
-def _probe_start_only(accel: str, arch: str, timeout: float) -> tuple[bool, str]:
-    # Non-x86 guests: require QEMU to start and keep running with the accelerator.
-    argv = [qemu_binary(arch), "-machine", f"virt,accel={accel}", "-cpu", "host" if accel != "tcg" else "max",
-            "-nodefaults", "-display", "none", "-m", "64"]
-    proc = start(argv, stdout=DEVNULL, stderr=PIPE)
-    try:
-        proc.wait(timeout=min(timeout, 2.0))
-        return False, _stderr(proc) or "exited"
-    except subprocess.TimeoutExpired:
-        return True, "started"
-    finally:
-        _reap(proc)
 
 
 def _watch(argv: list[str], serial: Path, timeout: float) -> tuple[bool, str]:

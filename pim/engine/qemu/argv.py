@@ -72,6 +72,7 @@ class VmConfig:
     no_reboot: bool = False
     snapshot: bool = False  # discard disk writes (read-only checks of an artifact)
     incoming: str | None = None  # resume a saved machine state (QEMU migration URI)
+    cpu: str | None = None  # -cpu; None: `cpu_model(arch, accel)`
     extra: tuple[str, ...] = field(default=())
 
 
@@ -80,6 +81,19 @@ def qemu_binary(arch: str) -> str:
         return _BINARY[arch]
     except KeyError:
         raise ValueError(f"unsupported arch {arch!r}; supported: {', '.join(_BINARY)}") from None
+
+
+def cpu_model(arch: str, accel: str, qemu: tuple[int, int] | None = None) -> str:
+    """-cpu for a guest: `host` under KVM/HVF, `max` under TCG. For aarch64 under TCG
+    with QEMU >= 6.0 (`qemu` as (major, minor)), `max,pauth-impdef=on`: pointer
+    authentication with QEMU's own cheap algorithm instead of the architected QARMA,
+    which is the slowest part of emulating `max` (QEMU's docs, "A-profile CPU
+    architecture support", pauth-impdef). None for qemu: not known, plain `max`."""
+    if accel in ("kvm", "hvf"):
+        return "host"
+    if arch == "aarch64" and qemu is not None and qemu >= (6, 0):
+        return "max,pauth-impdef=on"
+    return "max"
 
 
 def build_argv(cfg: VmConfig) -> list[str]:
@@ -91,7 +105,7 @@ def build_argv(cfg: VmConfig) -> list[str]:
     `cfg.ssh_forward` is set. Raises KeyError for an architecture without a machine type.
     """
     rt = cfg.runtime
-    cpu = "host" if cfg.accel in ("kvm", "hvf") else "max"
+    cpu = cfg.cpu or cpu_model(cfg.arch, cfg.accel)
     argv = [
         qemu_binary(cfg.arch),
         "-name", cfg.name,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +73,10 @@ def descriptors(dirs: list[Path] | None = None) -> list[Path]:
 
 def _machine(arch: str) -> str:
     """The versioned machine name QEMU's `q35`/`virt` alias stands for here, e.g. pc-q35-7.2."""
-    from pim.engine.qemu.img import qemu_version
+    from pim.engine.qemu.img import qemu_release
 
-    m = re.search(r"version (\d+)\.(\d+)", qemu_version(arch))
-    return f"{_MACHINE_FAMILY[arch]}-{m[1]}.{m[2]}" if m else f"{_MACHINE_FAMILY[arch]}-0.0"
+    major, minor = qemu_release(arch) or (0, 0)
+    return f"{_MACHINE_FAMILY[arch]}-{major}.{minor}"
 
 
 def from_descriptor(path: Path, arch: str, machine: str) -> Firmware | None:

@@ -75,3 +75,11 @@ def qemu_version(arch: str) -> str:
     except (CommandError, MissingTool, OSError):
         return "unknown"
     return out[0] if out else "unknown"
+
+
+def qemu_release(arch: str) -> tuple[int, int] | None:
+    """(major, minor) of the system emulator for `arch`, from `qemu_version`; None when unknown."""
+    import re
+
+    m = re.search(r"version (\d+)\.(\d+)", qemu_version(arch))
+    return (int(m[1]), int(m[2])) if m else None

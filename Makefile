@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # What PIM needs at run time, plus what the test fixtures and examples use.
-DEB_PACKAGES := qemu-system-x86 qemu-utils ovmf xorriso isolinux syslinux syslinux-common \
+DEB_PACKAGES := qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils ovmf xorriso isolinux syslinux syslinux-common \
                 mtools dosfstools busybox-static mmdebstrap e2fsprogs fdisk cpio zstd \
                 openssh-client openssh-server python3-venv
 FIXTURE_CACHE ?= $(HOME)/.cache/pim-test-fixtures

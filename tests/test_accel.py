@@ -46,3 +46,4 @@ def test_tcg_probe_runs_an_aarch64_guest(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     verdict = accel.choose("aarch64", fresh=True)
     assert verdict.accel == "tcg" and "works" in verdict.tried["tcg"]
+    assert verdict.reason == "TCG: this host has no hardware acceleration for aarch64 guests"

@@ -106,9 +106,10 @@ def test_descriptors_are_read_in_priority_order_with_overrides(tmp_path: Path, c
     assert firmware.locate("x86_64", dirs).source == "fallback paths"
 
 
-def test_this_hosts_descriptors_find_ovmf() -> None:
-    """The ovmf package (installed by the project's setup) ships QEMU descriptors."""
-    found = firmware.locate("x86_64")
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_this_hosts_descriptors_find_ovmf_and_aavmf(arch: str) -> None:
+    """ovmf and qemu-efi-aarch64 (installed by the project's setup) ship QEMU descriptors."""
+    found = firmware.locate(arch)
     assert found is not None and found.source.startswith("/usr/share/qemu/firmware/")
     assert json.loads(Path(found.source).read_text())["mapping"]["executable"]["filename"] == str(found.firmware.code)
     assert "secboot" not in found.firmware.code.name

@@ -187,9 +187,9 @@ def choose(arch: str = "x86_64", requested: str = "auto", fresh: bool = False) -
         tried[accel] = ("works: " if ok else "failed: ") + what
         if ok:
             chosen = accel
-            reason = f"{accel} works ({what})" if accel != "tcg" else "TCG: " + "; ".join(
-                f"{a} {v}" for a, v in tried.items() if a != "tcg"
-            ) or "TCG"
+            others = "; ".join(f"{a} {v}" for a, v in tried.items() if a != "tcg")
+            reason = (f"{accel} works ({what})" if accel != "tcg" else f"TCG: {others}" if others
+                      else f"TCG: this host has no hardware acceleration for {arch} guests")
             break
     verdict = Verdict(chosen, reason, tried)
     tmp = memo.with_suffix(f".{os.getpid()}.tmp")

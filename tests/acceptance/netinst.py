@@ -50,10 +50,10 @@ def run(argv: list[str], cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def _offered() -> tuple[str, str] | None:
+def _offered(package: str = PACKAGE) -> tuple[str, str] | None:
     """(file name, sha256) of the .deb apt would download now, None if apt knows none."""
     for attempt in range(2):
-        out = subprocess.run(["apt-get", "download", "--print-uris", PACKAGE], capture_output=True, text=True)
+        out = subprocess.run(["apt-get", "download", "--print-uris", package], capture_output=True, text=True)
         for line in out.stdout.splitlines():
             _url, name, _size, digest = line.split()
             if digest.startswith("SHA256:"):
@@ -71,26 +71,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def installer_deb(cache_dir: Path) -> tuple[Path, str]:
-    """The installer package and its sha256, downloaded into cache_dir unless the same file is there."""
-    offered = _offered()
+def installer_deb(cache_dir: Path, package: str = PACKAGE) -> tuple[Path, str]:
+    """The installer package (default: the amd64 one) and its sha256, downloaded into
+    cache_dir unless the same file is there."""
+    offered = _offered(package)
     if offered is None:
-        cached = sorted(cache_dir.glob(f"{PACKAGE}_*.deb"))
+        cached = sorted(cache_dir.glob(f"{package}_*.deb"))
         if cached:
             return cached[-1], _sha256(cached[-1])  # offline: whatever was downloaded last
-        raise NetinstError(f"apt offers no {PACKAGE}, even after `apt-get update`")
+        raise NetinstError(f"apt offers no {package}, even after `apt-get update`")
     name, digest = offered
     deb = cache_dir / name
     if deb.exists() and _sha256(deb) == digest:
         return deb, digest
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         os.chmod(tmp, 0o755)  # apt's sandbox user may write here
-        run(["apt-get", "download", "-q", PACKAGE], cwd=Path(tmp))
+        run(["apt-get", "download", "-q", package], cwd=Path(tmp))
         got = Path(tmp) / name
         if not got.exists() or _sha256(got) != digest:
             raise NetinstError(f"apt-get download did not produce {name} with sha256 {digest}")
         os.replace(got, deb)
-    for old in cache_dir.glob(f"{PACKAGE}_*.deb"):
+    for old in cache_dir.glob(f"{package}_*.deb"):
         if old != deb:
             old.unlink()
     return deb, digest

@@ -67,6 +67,14 @@ def netinst_iso(_netinst_timed: tuple[Path, float], stage_times: StageTimes) -> 
     return iso
 
 
+@pytest.fixture(scope="session")
+def netinst_iso_arm64() -> Path:
+    """Debian 12's arm64 installer in the arm64 netinst layout (/install.a64/)."""
+    if not shutil.which("qemu-system-aarch64"):
+        pytest.fail("qemu-system-aarch64 is missing: run `make acceptance`, which installs qemu-system-arm")
+    return load_script(HERE / "netinst.py").build_netinst_iso(FIXTURE_CACHE, "aarch64")
+
+
 @pytest.fixture
 def pim_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
     dirs = {"cache": tmp_path / "pim-cache", "runtime": tmp_path / "xdg-runtime"}

@@ -26,6 +26,10 @@ from pathlib import Path
 
 PACKAGE = "debian-installer-12-netboot-amd64"
 IMAGES = Path("usr/lib/debian-installer/images/12/amd64/text")
+# Debian's arch name and netinst folder per PIM arch. arm64 netinst CDs keep the kernel in
+# /install.a64/ and boot through GRUB's EFI loader; PIM boots the kernel directly, so the
+# arm64 ISO carries only the installer's files, no boot record.
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
 REQUIRED_DEBIAN_PACKAGES = ("xorriso", "isolinux", "syslinux-common")
 LAYOUT_VERSION = "1"  # bump when the ISO's layout changes
 VOLUME_ID = "Debian 12 amd64 n"  # as Debian's netinst CDs: "Debian 12.x.0 amd64 n"
@@ -97,6 +101,27 @@ def installer_deb(cache_dir: Path, package: str = PACKAGE) -> tuple[Path, str]:
     return deb, digest
 
 
+def assemble_arm64(deb: Path, iso: Path) -> None:
+    """The arm64 netinst layout (/install.a64/vmlinuz, initrd.gz, .disk/info) from the
+    arm64 installer package, written to iso."""
+    with tempfile.TemporaryDirectory(dir=iso.parent) as tmp:
+        work = Path(tmp)
+        run(["dpkg-deb", "-x", str(deb), str(work / "deb")])
+        images = work / "deb" / "usr/lib/debian-installer/images/12/arm64/text"
+        version = (images / "version.info").read_text().split("Installer build:")[-1].strip()
+        tree = work / "iso"
+        for d in ("install.a64", ".disk"):
+            (tree / d).mkdir(parents=True)
+        shutil.copy(images / "debian-installer/arm64/linux", tree / "install.a64/vmlinuz")
+        shutil.copy(images / "debian-installer/arm64/initrd.gz", tree / "install.a64/initrd.gz")
+        (tree / ".disk/info").write_text(f'Debian GNU/Linux 12 "Bookworm" - Official arm64 NETINST '
+                                         f"(installer {version}, assembled from {PACKAGE.replace('amd64', 'arm64')})\n")
+        partial = work / "out.iso"
+        run(["xorriso", "-as", "mkisofs", "-quiet", "-r", "-J", "-V", "Debian 12 arm64 n", "-o", str(partial),
+             str(tree)])
+        os.replace(partial, iso)
+
+
 def assemble(deb: Path, iso: Path) -> None:
     """The netinst-layout ISO from the installer package, written to iso."""
     isolinux_bin = Path("/usr/lib/ISOLINUX/isolinux.bin")
@@ -127,19 +152,23 @@ def assemble(deb: Path, iso: Path) -> None:
         os.replace(partial, iso)
 
 
-def build_netinst_iso(cache_dir: Path) -> Path:
-    """The ISO in cache_dir, assembled first if the installer package changed."""
+def build_netinst_iso(cache_dir: Path, arch: str = "x86_64") -> Path:
+    """The ISO for `arch` (x86_64 or aarch64) in cache_dir, assembled first if the
+    installer package changed."""
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".netinst.lock", "w") as lock:
+    debian_arch = ARCHES[arch]
+    package = f"debian-installer-12-netboot-{debian_arch}"
+    suffix = "" if arch == "x86_64" else f"-{debian_arch}"
+    with open(cache_dir / f".netinst{suffix}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one download and assembly per cache dir at a time
-        deb, digest = installer_deb(cache_dir)
+        deb, digest = installer_deb(cache_dir, package)
         key = hashlib.sha256(f"{LAYOUT_VERSION}\0{digest}".encode()).hexdigest()[:16]
-        iso = cache_dir / f"debian-12-netinst-{key}.iso"
+        iso = cache_dir / f"debian-12-netinst{suffix}-{key}.iso"
         if not iso.exists():
-            assemble(deb, iso)
-            for old in cache_dir.glob("debian-12-netinst-*.iso"):
-                if old != iso:
+            (assemble if arch == "x86_64" else assemble_arm64)(deb, iso)
+            for old in cache_dir.glob(f"debian-12-netinst{suffix}-*.iso"):
+                if old != iso and (suffix or "-arm64-" not in old.name):
                     with contextlib.suppress(OSError):
                         old.unlink()
         return iso
@@ -148,7 +177,9 @@ def build_netinst_iso(cache_dir: Path) -> Path:
 if __name__ == "__main__":
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--cache-dir", type=Path, required=True)
+    cli.add_argument("--arch", choices=sorted(ARCHES), default="x86_64")
     try:
-        print(build_netinst_iso(cli.parse_args().cache_dir))
+        args = cli.parse_args()
+        print(build_netinst_iso(args.cache_dir, args.arch))
     except NetinstError as e:
         sys.exit(f"netinst: {e}")

@@ -33,9 +33,9 @@ QUESTION = re.compile(r"\[(?:!!|!|\.|\?)\] \w")  # d-i's dialog titles carry the
 PRESEED_LOADED = re.compile(r"successfully loaded preseed file from http://10\.0\.2\.2:\d+/\*{8}/preseed\.cfg")
 
 
-def _config(folder: Path, iso: Path, mirror: str) -> Path:
+def _config(folder: Path, iso: Path, mirror: str, arch: str = "x86_64") -> Path:
     (folder / "installer.iso").symlink_to(iso)
-    image = {"source": {"iso": "installer.iso"}, "disk_size": "4G", "memory": "1G",
+    image = {"source": {"iso": "installer.iso"}, "arch": arch, "disk_size": "4G", "memory": "1G",
              "installer": {"family": "debian", "mirror": mirror, "timeout": "15m"}}
     cfg = folder / "pim.yaml"
     cfg.write_text(yaml.safe_dump({"images": {IMAGE: image}}, sort_keys=False))
@@ -69,8 +69,18 @@ def _first(events: list[dict], pred) -> dict | None:  # type: ignore[no-untyped-
 
 def test_real_debian_installer_runs_unattended_and_fails_fast_on_a_missing_udeb(
         netinst_iso: Path, pim_env: dict[str, Path], tmp_path: Path, stage_times: StageTimes) -> None:
+    _run_and_check(netinst_iso, "x86_64", pim_env, tmp_path, stage_times)
+
+
+def test_real_arm64_debian_installer_runs_unattended_under_uefi(
+        netinst_iso_arm64: Path, pim_env: dict[str, Path], tmp_path: Path, stage_times: StageTimes) -> None:
+    """The same for arm64: /install.a64/ detected, an aarch64 virt guest under TCG with AAVMF."""
+    _run_and_check(netinst_iso_arm64, "aarch64", pim_env, tmp_path, stage_times)
+
+
+def _run_and_check(iso: Path, arch: str, pim_env: dict[str, Path], tmp_path: Path, stage_times: StageTimes) -> None:
     mirror = load_script(ROOT / "tests/fixtures/installer/build.py").debian_mirror()
-    rc, events, stderr, started, ended = _build(_config(tmp_path, netinst_iso, mirror))
+    rc, events, stderr, started, ended = _build(_config(tmp_path, iso, mirror, arch))
     timeline = "\n".join(f"{e['time'] - started:7.1f} {e.get('kind')} {e.get('message', '')[:150]}"
                          for e in events if e.get("data", {}).get("source") != "console")
     assert events, f"pim build printed no events (exit status {rc}):\n{stderr}"

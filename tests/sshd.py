@@ -10,8 +10,10 @@ known_hosts holds the host key. Nothing listens beyond loopback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -54,8 +56,9 @@ class BuilderHost:
 
     @property
     def pim_command(self) -> str:
-        env = f"HOME={self.home} XDG_RUNTIME_DIR={self.runtime} XDG_CONFIG_HOME={self.home}/config"
-        return f"env {env} PIM_CACHE_DIR={self.cache} {VENV_PIM}"
+        """The builder's `pim`: a wrapper in its home that sets its own HOME, store,
+        config and runtime folder (a program's path, as a project's pim.yaml may name)."""
+        return str(self.home / "bin" / "pim")
 
     def builder(self, name: str = "remote", **extra: object) -> dict[str, object]:
         """The builders: entry for this host (a pim.yaml mapping)."""
@@ -64,10 +67,20 @@ class BuilderHost:
                 **extra}
 
     def processes(self, pattern: str) -> list[str]:
-        """Command lines of processes matching `pattern` (pgrep -f) that belong to this
-        builder: their command line names its home."""
-        out = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True)
-        return [line for line in out.stdout.splitlines() if str(self.home) in line and "pgrep" not in line]
+        """Command lines of this builder's processes (HOME is its home) that match the
+        regular expression `pattern`."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"HOME={self.home}".encode() in environ and re.search(pattern, cmdline):
+                found.append(f"{proc.name} {cmdline}")
+        return found
 
     def leftovers(self) -> list[str]:
         """What a stopped build must not leave: runtime files, scratch folders, half objects."""
@@ -87,7 +100,9 @@ class BuilderHost:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        subprocess.run(["pkill", "-KILL", "-f", f"qemu-system.*{self.runtime}"], check=False)
+        for line in self.processes("qemu-system"):
+            with contextlib.suppress(OSError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
         shutil.rmtree(self.folder, ignore_errors=True)
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -103,8 +118,12 @@ def start() -> BuilderHost:
         raise RuntimeError(f"{SSHD} is missing: `make test` installs openssh-server")
     folder = Path(tempfile.mkdtemp(prefix="pim-sshd-"))
     user, home = _account()
-    for sub in ("run", "cache", "config", ".ssh"):
+    for sub in ("run", "cache", "config", ".ssh", "bin"):
         (home / sub).mkdir(mode=0o700, exist_ok=True)
+    wrapper = home / "bin" / "pim"
+    wrapper.write_text(f"#!/bin/sh\nexport HOME={home} XDG_RUNTIME_DIR={home}/run XDG_CONFIG_HOME={home}/config "
+                       f"PIM_CACHE_DIR={home}/cache\nexec {VENV_PIM} \"$@\"\n")
+    wrapper.chmod(0o755)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "host_key")], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "client_key")], check=True)
     shutil.copy(folder / "client_key.pub", home / ".ssh" / "authorized_keys")

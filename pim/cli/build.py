@@ -81,5 +81,4 @@ def _one(cfg: Any, image: str, json_out: bool, verbose: bool, *, force: bool, no
             where = "" if result.builder == "local" else f" on {result.builder}"
             typer.echo(f"{result.image}: {how}{where} {human_size(result.size)} sha256 {result.sha256[:16]}…",
                        err=True)
-            kept_there = not result.path.is_relative_to(store.root)  # --no-fetch, or the builder's fetch: false
-            typer.echo(f"{result.builder}:{result.path}" if kept_there else str(result.path))
+            typer.echo(f"{result.builder}:{result.path}" if result.kept_on_builder else str(result.path))

@@ -99,3 +99,15 @@ def test_a_bad_user_file_is_named(tmp_path: Path) -> None:
     user.write_text("builders: [\n")
     with pytest.raises(InputError, match=str(user)):
         load(_cfg(tmp_path), user)
+
+
+def test_a_project_builder_names_a_program_not_a_shell_line(tmp_path: Path) -> None:
+    ok = _cfg(tmp_path, {"b": {"uri": "ssh://ci@b", "systems": {"x86_64": "kvm"}, "pim": "/opt/pim/bin/pim"}})
+    assert load(ok, tmp_path / "none.yaml")["b"].pim == "/opt/pim/bin/pim"
+    bad = _cfg(tmp_path, {"b": {"uri": "ssh://ci@b", "systems": {"x86_64": "kvm"}, "pim": "curl x | sh; pim"}})
+    with pytest.raises(InputError, match="may set pim: to a program's path only"):
+        load(bad, tmp_path / "none.yaml")
+    user = tmp_path / "builders.yaml"  # the user's own file may give a command line
+    user.write_text(yaml.safe_dump({"builders": {"b": {"uri": "ssh://me@b", "systems": {"x86_64": "kvm"},
+                                                       "pim": "env A=1 /opt/pim/bin/pim"}}}))
+    assert load(_cfg(tmp_path), user)["b"].pim == "env A=1 /opt/pim/bin/pim"

@@ -132,7 +132,10 @@ def test_ctrl_c_on_the_client_stops_the_remote_build(fixture_iso: Path, tmp_path
     cfg = _config(tmp_path, fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})  # a fresh install
     before = _objects(host)
     proc = _start("build", "e2e", "-c", str(cfg), "--builder", "remote", "--json")
-    _wait_for(proc, "starting QEMU")
+    _wait_for(proc, "starting QEMU")  # said just before QEMU is started
+    deadline = time.monotonic() + 15
+    while not host.processes("qemu-system") and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert host.processes("qemu-system"), "the build's QEMU runs on the builder"
     proc.send_signal(sig)
     assert proc.wait(timeout=90) == 128 + sig

@@ -100,13 +100,17 @@ def build(cfg: "Config", name: str, events: "Emitter", *, store: "Store", builde
         return local_build(cfg, name, events, store=store, force=force, remote=remote,
                            max_jobs=chosen.builder.max_jobs)
     if not force:  # built here already (fetched earlier): no connection needed
-        from pim.engine.pipeline.build import lookup
+        from pim.engine.errors import PimError
+        from pim.engine.pipeline.build import _result, lookup
 
-        found = lookup(cfg, name, store)
+        try:
+            found = lookup(cfg, name, store)
+        except PimError:  # this machine cannot even compute the keys (no qemu-img): the builder can
+            found = None
         if found is not None:
             events.log(None, f"{name} is in the local store already ({found.key[:12]}); "
                              f"{chosen.builder.name} is not asked")
-            return found
+            return _result(store, name, found.key, cached=True)  # recorded as the image's newest build
     from pim.engine.builders import remote as remote_build
 
     return remote_build.build(cfg, name, events, store=store, builder=chosen.builder, force=force,

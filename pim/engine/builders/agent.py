@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import pim
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: uploads by name, alive lines, the client's salt
 HEARTBEAT = 2.0  # seconds between the client's heartbeats
 LOST = 20.0  # seconds without one before the agent stops its build
 

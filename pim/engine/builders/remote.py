@@ -177,6 +177,9 @@ def _checked(b: Builder, result: dict[str, Any]) -> dict[str, Any]:
     elif not isinstance(files, dict) or not all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9._-]+", n)
                                                  and n not in (".", "..") for n in files):
         bad = "file names no store object has"
+    elif not all(isinstance(f, dict) and isinstance(f.get("sha256"), str) and isinstance(f.get("size"), int)
+                 and not isinstance(f.get("size"), bool) and f["size"] >= 0 for f in files.values()):
+        bad = "a file list without a sha256 and size for each file"
     elif Path(str(result.get("path"))).name not in files or \
             files[Path(str(result["path"])).name].get("sha256") != result.get("sha256"):
         bad = "an artifact its file list does not match"
@@ -274,11 +277,18 @@ def build(cfg: "Config", name: str, events: Emitter, *, store: Store, builder: B
         if not fetch_result:
             record(store, builder, result)
             return BuildResult(name, result["key"], Path(result["path"]), Path(result["object"]) / manifests.FILE,
-                               result["sha256"], result["size"], result["cached"], builder.name)
+                               result["sha256"], result["size"], result["cached"], builder.name, kept_on_builder=True)
         with store.lease(result["key"]):
             with store.lock(result["key"]):  # one fetch of a key at a time; a second finds it published
                 if force or not store.has(result["key"]):
-                    fetch(conn, store, result, events)
+                    try:
+                        fetch(conn, store, result, events)
+                    except OSError as e:
+                        if isinstance(e, (ConnectionError, socket.timeout)):
+                            raise
+                        raise BuildError(f"fetching {result['key'][:12]} into {store.root} failed: "
+                                         f"{e.strerror or e}; free space or fix permissions, then run the "
+                                         "build again (the download resumes)") from None
             out = _result(store, name, result["key"], cached=result["cached"])
     (store.root / "remote-builds" / f"{result['key']}.json").unlink(missing_ok=True)
     return BuildResult(out.image, out.key, out.path, out.manifest_path, out.sha256, out.size, out.cached,

@@ -131,14 +131,20 @@ CONNECTION = ("uri", "key_file", "known_hosts", "pim", "cache_dir")
 def merge(user: Mapping[str, Any] | None, project: Mapping[str, Any] | None) -> dict[str, BuilderSpec]:
     """The effective builders: every name from either file. For a name in both, the
     per-user entry's fields with pim.yaml's over them (the same rule as `cache:`),
-    except the CONNECTION fields, which stay the per-user file's. Raises
-    pydantic.ValidationError for a bad entry."""
+    except the CONNECTION fields, which stay the per-user file's; a builder only in
+    pim.yaml may name its `pim` program but give it no shell words. Raises
+    pydantic.ValidationError for a bad entry, ValueError for such a `pim`."""
     out: dict[str, BuilderSpec] = {}
     user, project = user or {}, project or {}
     for name in {**user, **project}:
         mine, theirs = dict(user.get(name) or {}), dict(project.get(name) or {})
         if name in user:
             theirs = {k: v for k, v in theirs.items() if k not in CONNECTION}
+        elif "pim" in theirs and not re.fullmatch(r"[A-Za-z0-9_./+-]+", str(theirs["pim"])):
+            # run as a shell line over SSH with the user's keys: a project names a program, no more
+            raise ValueError(f"builder {name!r}: pim.yaml may set pim: to a program's path only (got "
+                             f"{theirs['pim']!r}); a command line with arguments goes in your per-user "
+                             "builders.yaml")
         out[name] = BuilderSpec.model_validate({**mine, **theirs})
     return out
 

@@ -154,6 +154,9 @@ class Connection:
         except socket.timeout:
             raise BuildError(f"builder {self.builder.name}: no answer for {SILENT:.0f} s while uploading "
                              f"{local.name}; the link is down") from None
+        except OSError as e:  # paramiko reports an SFTP status (disk full, permission) as IOError
+            raise BuildError(f"builder {self.builder.name}: uploading {local.name} to {remote} failed "
+                             f"({e.strerror or e}); free space or fix permissions there") from None
 
     def get(self, remote: str, local: Path, sha256: str, size: int, progress: Callable[[int], None] | None = None,
             mode: int = 0o644) -> None:

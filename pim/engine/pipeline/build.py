@@ -43,6 +43,7 @@ class BuildResult:
     size: int
     cached: bool
     builder: str = "local"
+    kept_on_builder: bool = False  # `path` is on `builder`: the artifact was not fetched
 
     def manifest(self) -> Manifest:
         return manifests.read(self.manifest_path.parent)

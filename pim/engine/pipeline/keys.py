@@ -150,7 +150,17 @@ def boot_inputs(spec: ImageSpec, install_key: str, accel: str, qemu_version: str
         "memory": spec.memory,
         "accel": accel,
         "qemu": qemu_version,
+        # The CPU model the state was saved with (aarch64 under TCG: `max,pauth-impdef=on`
+        # since QEMU 6.0); only for aarch64, so x86_64 keys stay as they were.
+        **({"cpu": _cpu(spec.arch.value, accel, qemu_version)} if spec.arch.value == "aarch64" else {}),
     }
+
+
+def _cpu(arch: str, accel: str, qemu_version: str) -> str:
+    from pim.engine.qemu.argv import cpu_model
+    from pim.engine.qemu.img import release_of
+
+    return cpu_model(arch, accel, release_of(qemu_version))
 
 
 def _step_inputs(cfg: Config, step: ShellStep | FileStep) -> dict[str, Any]:

@@ -43,7 +43,8 @@ _CANDIDATES: dict[str, list[tuple[str, str]]] = {
 # The versioned machine type names the descriptors' globs match ("pc-q35-*", "virt-*").
 _MACHINE_FAMILY = {"x86_64": "pc-q35", "aarch64": "virt"}
 # Features a descriptor may need that PIM's VMs do not give (no SMM, no Secure Boot keys).
-_UNWANTED = {"requires-smm", "secure-boot", "enrolled-keys", "amd-sev-es", "amd-sev-snp", "intel-tdx"}
+# (amd-sev, amd-sev-es, intel-tdx and the like say what a firmware supports, not needs.)
+_UNWANTED = {"requires-smm", "secure-boot", "enrolled-keys"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,15 @@ def descriptors(dirs: list[Path] | None = None) -> list[Path]:
     for folder in dirs if dirs is not None else search_dirs():
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             by_name[path.name] = path
-    return [by_name[n] for n in sorted(by_name) if by_name[n].stat().st_size > 0]
+    return [by_name[n] for n in sorted(by_name) if _size(by_name[n]) > 0]
+
+
+def _size(path: Path) -> int:
+    """A descriptor's size; 0 (skipped) for one that cannot be read, such as a dangling link."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _machine(arch: str) -> str:

@@ -79,7 +79,12 @@ def qemu_version(arch: str) -> str:
 
 def qemu_release(arch: str) -> tuple[int, int] | None:
     """(major, minor) of the system emulator for `arch`, from `qemu_version`; None when unknown."""
+    return release_of(qemu_version(arch))
+
+
+def release_of(version_line: str) -> tuple[int, int] | None:
+    """(major, minor) from a `qemu-system-* --version` line; None when it has none."""
     import re
 
-    m = re.search(r"version (\d+)\.(\d+)", qemu_version(arch))
+    m = re.search(r"version (\d+)\.(\d+)", version_line)
     return (int(m[1]), int(m[2])) if m else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def config(folder: Path, iso: Path, host: sshd.BuilderHost, images: list[str], *
 
 
 def fresh_builder_store(host: sshd.BuilderHost) -> None:
-    subprocess.run(["rm", "-rf", str(host.cache)], check=True)
+    shutil.rmtree(host.cache)
     host.cache.mkdir()
 
 

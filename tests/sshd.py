@@ -24,14 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pim.engine.pipeline.context import free_port
+
 SSHD = "/usr/sbin/sshd"
 VENV_PIM = Path(sys.executable).with_name("pim")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

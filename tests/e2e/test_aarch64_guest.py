@@ -6,6 +6,7 @@ apt), booted directly; it must reach its first dialog."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -37,13 +38,14 @@ def arm64_installer() -> tuple[Path, Path]:
     folder = FIXTURE_CACHE / f"arm64-installer-{digest[:16]}"
     if not (folder / "linux").exists():
         tmp = FIXTURE_CACHE / f".arm64-installer-{digest[:16]}.tmp"
-        subprocess.run(["rm", "-rf", str(tmp)], check=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, stdout=open(tmp / "deb.tar", "wb"))
         subprocess.run(["tar", "-xf", "deb.tar", f"./{TEXT}/linux", f"./{TEXT}/initrd.gz"], cwd=tmp, check=True)
         for name in ("linux", "initrd.gz"):
             (tmp / TEXT / name).rename(tmp / name)
-        subprocess.run(["rm", "-rf", str(tmp / "usr"), str(tmp / "deb.tar")], check=True)
+        shutil.rmtree(tmp / "usr")
+        (tmp / "deb.tar").unlink()
         tmp.rename(folder)
     return folder / "linux", folder / "initrd.gz"
 

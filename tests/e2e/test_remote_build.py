@@ -3,7 +3,6 @@ builder is PIM's own engine run through `pim agent`, with its own home and store
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import pytest
 
 from pim.engine.config.spec import load_config
 from pim.engine.pipeline.build import content_keys
+from pim.engine.pipeline.keys import file_digest
 from pim.engine.store.objects import Store
 from tests import sshd
 from tests.e2e.conftest import remote_config
@@ -48,10 +48,6 @@ def _events(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _unique() -> list[dict]:
     return [{"type": "shell", "name": "mark", "inline": f"echo {uuid.uuid4().hex} > /root/mark"}]
 
@@ -72,9 +68,9 @@ def test_fixture_image_built_remotely_has_the_local_key_and_bytes(
     # the same key as this machine computes for the spec, the same bytes as on the builder
     assert result["key"] == content_keys(load_config(cfg), "e2e", Store(pim_cache))["final"]
     local = Path(result["path"])
-    assert local.is_relative_to(pim_cache) and _sha256(local) == result["sha256"]
+    assert local.is_relative_to(pim_cache) and file_digest(local) == result["sha256"]
     there = host.cache / "objects" / result["key"] / "disk.qcow2"
-    assert _sha256(there) == result["sha256"]
+    assert file_digest(there) == result["sha256"]
     assert host.leftovers() == []
     assert not list((pim_cache / "partial").glob(f"{result['key']}*"))
     # this machine now has it: a local build of the same spec is a cache hit with those bytes

@@ -100,10 +100,11 @@ def info(job: dict[str, Any]) -> dict[str, Any]:
     store = Store(_store_root(job))
     blobs = inputs_dir(store.root)
     _forget_uploads(blobs.parent / "incoming")
+    host = Host.this()
     out: dict[str, Any] = {
         "version": pim.__version__, "protocol": PROTOCOL, "cache_dir": str(store.root),
         "inputs": str(blobs), "incoming": str(blobs.parent / "incoming"),
-        "host": {"os": Host.this().os, "arch": Host.this().arch},
+        "host": {"os": host.os, "arch": host.arch},
         "free_bytes": shutil.disk_usage(store.root).free,
         "running": running(store.root, int(job.get("max_jobs", 1))),
         "missing": [d for d in job.get("digests", []) if not (blobs / d).is_file()],

@@ -17,20 +17,24 @@ def doctor(fresh: bool = typer.Option(False, "--fresh", help="Probe accelerators
     from pim.engine.paths import cache_dir
     from pim.engine.qemu import accel
     from pim.engine.qemu.argv import qemu_binary
-    from pim.engine.run import debian_package, run
+    from pim.engine.errors import MissingTool
+    from pim.engine.platforms import install_hint
+    from pim.engine.run import find_tool, run
     from pim.engine.config.units import human_size
 
-    ok = True
+    ok, found = True, set()
     for tool in (qemu_binary("x86_64"), qemu_binary("aarch64"), "qemu-img"):
-        path = shutil.which(tool)
-        if path:
-            version = run([path, "--version"], check=False).stdout.splitlines()[0]
-            typer.echo(f"ok    {tool}: {path} ({version})")
-        else:
-            typer.echo(f"--    {tool}: not found (apt-get install {debian_package(tool)})")
+        try:
+            path = find_tool(tool)  # PATH, then Homebrew's folders on macOS
+        except MissingTool as e:
+            typer.echo(f"--    {tool}: not found ({install_hint(tool, e.package).removeprefix('install it: ')})")
             ok = ok and tool != "qemu-img"
+            continue
+        found.add(tool)
+        version = run([path, "--version"], check=False).stdout.splitlines()[0]
+        typer.echo(f"ok    {tool}: {path} ({version})")
     for arch in ("x86_64", "aarch64"):
-        if not shutil.which(qemu_binary(arch)):
+        if qemu_binary(arch) not in found:
             continue
         verdict = accel.choose(arch, fresh=fresh)
         typer.echo(f"ok    accelerator for {arch}: {verdict.accel} — {verdict.reason}")

@@ -59,12 +59,14 @@ class ChecksumMismatch(InputError):
 
 
 class MissingTool(InputError):
-    """A program PIM needs is not installed (not on PATH); the message names the Debian package."""
+    """A program PIM needs is not installed (not on PATH); the message names the package
+    that installs it on this platform (Debian's, or Homebrew's on macOS)."""
 
-    def __init__(self, tool: str, package: str | None):
+    def __init__(self, tool: str, package: str | None, platform: str | None = None):
+        from pim.engine.platforms import install_hint
+
         self.tool, self.package = tool, package
-        fix = f"install it: apt-get install {package}" if package else "install it or put it on PATH"
-        super().__init__(f"{tool} is not installed (not found on PATH): {fix}")
+        super().__init__(f"{tool} is not installed (not found on PATH): {install_hint(tool, package, platform)}")
 
 
 class BuildError(PimError):

@@ -25,7 +25,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Union
 
+from pim.engine import lifeline
 from pim.engine.errors import CommandError, MissingTool
+from pim.engine.platforms import tool_dirs
 
 log = logging.getLogger("pim.run")
 
@@ -55,24 +57,28 @@ def debian_package(tool: str) -> str | None:
     return DEBIAN_PACKAGES.get(os.path.basename(tool))
 
 
-def find_tool(tool: str, env: dict[str, str] | None = None) -> str:
-    """The full path of `tool` on PATH (env's PATH when env is given).
+def find_tool(tool: str, env: dict[str, str] | None = None, platform: str | None = None) -> str:
+    """The full path of `tool` on PATH (env's PATH when env is given), then in the
+    platform's package-manager folders (macOS: Homebrew's and MacPorts', see
+    `platforms.tool_dirs`).
 
-    Raises MissingTool (an InputError: exit status 2) naming the Debian package.
+    Raises MissingTool (an InputError: exit status 2) naming the package to install.
     """
     if os.sep in tool:
         if os.access(tool, os.X_OK) and os.path.isfile(tool):
             return tool
-        raise MissingTool(tool, debian_package(tool))
-    path = (env or os.environ).get("PATH", os.defpath)
+        raise MissingTool(tool, debian_package(tool), platform)
+    path = os.pathsep.join([(env or os.environ).get("PATH", os.defpath), *tool_dirs(platform)])
     found = shutil.which(tool, path=path)
     if found is None:
-        raise MissingTool(tool, debian_package(tool))
+        raise MissingTool(tool, debian_package(tool), platform)
     return found
 
 
 # A child that must not outlive PIM gets a signal from the kernel when its parent
-# dies (PR_SET_PDEATHSIG, kept across exec). On Linux util-linux's setpriv sets it
+# dies (PR_SET_PDEATHSIG, kept across exec); where there is no such signal (macOS),
+# or when PIM_PARENT_DEATH=lifeline, from the lifeline's watcher (lifeline.py).
+# On Linux util-linux's setpriv sets it
 # and execs the command, so no Python runs between fork and exec: in a process with
 # other threads (the Terraform and Pulumi providers serve gRPC while they build) a
 # preexec_fn can crash or hang the child. Without setpriv, a preexec_fn calls
@@ -116,11 +122,24 @@ def start(
     subprocess.Popen takes (default: /dev/null in, stdout and stderr on one pipe).
     new_session: the child leaves the terminal's process group, so Ctrl-C reaches
     only PIM, which then stops the child in order. die_with_parent: the signal the
-    kernel sends the child when PIM dies (Linux; None: the child may outlive PIM).
-    The child's pid is the command's own (setpriv execs it).
+    child gets when PIM dies, from the kernel (Linux) or the lifeline's watcher
+    (elsewhere; see lifeline.py); None: the child may outlive PIM. The child's pid
+    is the command's own (setpriv and the lifeline's launcher exec it).
     """
     program = find_tool(argv[0], env)
     log.debug("start: %s", shlex.join(argv))
+    if die_with_parent is not None and lifeline.wanted():
+        full, passed, kept = lifeline.wrap([program, *argv[1:]], die_with_parent)
+        try:
+            proc = subprocess.Popen(full, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+                                    start_new_session=new_session, pass_fds=(passed,))
+        except BaseException:
+            os.close(kept)
+            raise
+        finally:
+            os.close(passed)
+        lifeline.hold(proc, kept)
+        return proc
     full, preexec = _with_parent_death([program, *argv[1:]], die_with_parent)
     try:
         return subprocess.Popen(full, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,

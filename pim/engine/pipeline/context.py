@@ -59,11 +59,13 @@ class BuildContext:
             from pim.engine.qemu.firmware import for_vm
 
             overrides["firmware"] = for_vm(self.spec.arch.value, disk.parent / "efivars.fd")
-        if "cpu" not in overrides:
-            from pim.engine.qemu.argv import cpu_model
+        if "cpu" not in overrides or "machine" not in overrides:
+            from pim.engine.qemu.argv import cpu_model, machine_type
             from pim.engine.qemu.img import qemu_release
 
-            overrides["cpu"] = cpu_model(self.spec.arch.value, self.accel, qemu_release(self.spec.arch.value))
+            arch, qemu = self.spec.arch.value, qemu_release(self.spec.arch.value)
+            overrides.setdefault("cpu", cpu_model(arch, self.accel, qemu))
+            overrides.setdefault("machine", machine_type(arch, self.accel, qemu, self.spec.memory >> 20))
         return VmConfig(
             name=self.name,
             disk=disk,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pim.engine.errors import WaitAborted, WaitTimeout
 from pim.engine.paths import runtime_dir
-from pim.engine.qemu.argv import qemu_binary
+from pim.engine.qemu.argv import machine_type, qemu_binary
 from pim.engine.run import DEVNULL, PIPE, find_tool, start
 from pim.engine.wait import until
 
@@ -86,14 +86,19 @@ class Verdict:
     tried: dict[str, str]  # accelerator -> what happened
 
 
-def candidates(arch: str) -> list[str]:
-    host = platform.machine().lower()
+def candidates(arch: str, system: str | None = None, host: str | None = None) -> list[str]:
+    """The accelerators to try for an `arch` guest, best first, on a host whose
+    `platform.system()` is `system` and `platform.machine()` is `host` (default: this
+    one's): the platform's hypervisor (Linux: kvm; macOS: hvf) for a native guest, then
+    tcg. A foreign guest gets tcg only (HVF and KVM run the host's own architecture)."""
+    system = system or platform.system()
+    host = (host or platform.machine()).lower()
     native = (arch == "x86_64" and host in ("x86_64", "amd64")) or (arch == "aarch64" and host in ("arm64", "aarch64"))
     if not native:
         return ["tcg"]
-    if platform.system() == "Darwin":
+    if system == "Darwin":
         return ["hvf", "tcg"]
-    if platform.system() == "Linux":
+    if system == "Linux":
         return ["kvm", "tcg"]
     return ["tcg"]
 
@@ -111,7 +116,10 @@ def probe_one(accel: str, arch: str = "x86_64", timeout: float = 5.0) -> tuple[b
         if arch == "aarch64":
             elf = Path(tmp) / "probe.elf"
             elf.write_bytes(arm_probe_elf())
-            argv = base + ["-machine", f"virt,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
+            from pim.engine.qemu.img import qemu_release
+
+            machine = machine_type(arch, accel, qemu_release(arch), 64)
+            argv = base + ["-machine", f"{machine},accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
                            "-kernel", str(elf)]
         else:
             disk = Path(tmp) / "probe.img"

@@ -21,8 +21,25 @@ class RuntimeFiles:
     dir: Path
 
     @classmethod
-    def for_name(cls, name: str) -> "RuntimeFiles":
-        return cls(name, runtime_dir())
+    def for_name(cls, name: str, platform: str | None = None) -> "RuntimeFiles":
+        """The files of VM `name` in `runtime_dir()`. Raises InputError when a socket
+        path would be too long for `platform` (default: this one; see `check`)."""
+        files = cls(name, runtime_dir())
+        files.check(platform)
+        return files
+
+    def check(self, platform: str | None = None) -> None:
+        """Raises InputError, before any QEMU starts, when a socket path is longer than
+        `platform` allows (sun_path: 107 bytes on Linux, 103 on macOS), naming the fix."""
+        from pim.engine.errors import InputError
+        from pim.engine.platforms import platform_name, socket_path_max, too_long_socket_paths
+
+        long = too_long_socket_paths([self.qmp, self.ga, self.serial], platform)
+        if long:
+            raise InputError(
+                f"the VM's socket {long[0]} is {len(str(long[0]).encode())} bytes long; UNIX sockets on "
+                f"{platform_name(platform)} take at most {socket_path_max(platform)}: set XDG_RUNTIME_DIR to a "
+                f"shorter folder (unset, PIM uses /tmp/pim) or give the image a shorter name")
 
     @property
     def qmp(self) -> Path:
@@ -73,6 +90,7 @@ class VmConfig:
     snapshot: bool = False  # discard disk writes (read-only checks of an artifact)
     incoming: str | None = None  # resume a saved machine state (QEMU migration URI)
     cpu: str | None = None  # -cpu; None: `cpu_model(arch, accel)`
+    machine: str | None = None  # -machine type and options; None: `machine_type(arch, accel)`
     extra: tuple[str, ...] = field(default=())
 
 
@@ -96,6 +114,32 @@ def cpu_model(arch: str, accel: str, qemu: tuple[int, int] | None = None) -> str
     return "max"
 
 
+HIGHMEM_OFF_MAX_MIB = 3072  # virt,highmem=off: RAM from 1 GiB up to the 4 GiB line
+
+
+def machine_type(arch: str, accel: str, qemu: tuple[int, int] | None = None, memory_mib: int = 0) -> str:
+    """-machine's type and options (without accel) for a guest.
+
+    aarch64 under HVF with QEMU older than 7.0: `virt,highmem=off`. Apple silicon gives
+    a VM a 36-bit IPA space (64 GiB), and virt placed its high PCIe window and
+    redistributors above it ("VCPU supports less than 40 bits of IPA space"); QEMU 7.0
+    fits the memory map to the CPU's physical address range ("target/arm: Reduced-IPA
+    space and highmem=off fixes"). highmem=off keeps RAM below 4 GiB, so it takes at
+    most 3 GiB: more raises InputError naming both fixes. `qemu` as (major, minor);
+    None (not known) is taken as a current QEMU.
+    """
+    machine = _MACHINE[arch]
+    if arch == "aarch64" and accel == "hvf" and qemu is not None and qemu < (7, 0):
+        if memory_mib > HIGHMEM_OFF_MAX_MIB:
+            from pim.engine.errors import InputError
+
+            raise InputError(f"memory {memory_mib} MiB: QEMU {qemu[0]}.{qemu[1]} under HVF runs aarch64 guests with "
+                             f"virt,highmem=off, which takes at most {HIGHMEM_OFF_MAX_MIB} MiB; set memory: 3G or "
+                             "less, or update QEMU to 7.0 or later (brew upgrade qemu)")
+        machine += ",highmem=off"
+    return machine
+
+
 def build_argv(cfg: VmConfig) -> list[str]:
     """The QEMU command line for `cfg`, a pure function of it (nothing is started).
 
@@ -106,10 +150,11 @@ def build_argv(cfg: VmConfig) -> list[str]:
     """
     rt = cfg.runtime
     cpu = cfg.cpu or cpu_model(cfg.arch, cfg.accel)
+    machine = cfg.machine or machine_type(cfg.arch, cfg.accel, memory_mib=cfg.memory_mib)
     argv = [
         qemu_binary(cfg.arch),
         "-name", cfg.name,
-        "-machine", f"{_MACHINE[cfg.arch]},accel={cfg.accel}",
+        "-machine", f"{machine},accel={cfg.accel}",
         "-cpu", cpu,
         "-smp", str(cfg.cpus),
         "-m", str(cfg.memory_mib),

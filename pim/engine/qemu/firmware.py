@@ -2,7 +2,8 @@
 
 Firmware is found the standard way first: QEMU's firmware descriptors (the interop
 specification, docs/interop/firmware.json in QEMU's source), JSON files in
-/usr/share/qemu/firmware, /etc/qemu/firmware and $XDG_CONFIG_HOME/qemu/firmware. A
+/usr/share/qemu/firmware, /etc/qemu/firmware and $XDG_CONFIG_HOME/qemu/firmware, and
+the same folders under the prefix of a QEMU installed elsewhere (Homebrew's). A
 file in a later folder replaces the one of the same name in an earlier folder (an
 empty file hides it); the remaining files are tried in file-name order, which is
 their priority. A descriptor is used when it describes UEFI on flash for the
@@ -56,10 +57,36 @@ class Found:
     source: str
 
 
-def search_dirs() -> list[Path]:
-    """The descriptor folders, lowest priority first (QEMU's firmware interop spec)."""
+def search_dirs(prefixes: list[Path] | None = None) -> list[Path]:
+    """The descriptor folders, lowest priority first (QEMU's firmware interop spec:
+    `$datadir/qemu/firmware`, `$sysconfdir/qemu/firmware`, then the user's). A QEMU
+    installed under another prefix than /usr (Homebrew's /opt/homebrew or /usr/local,
+    MacPorts' /opt/local) reads its own prefix's folders: `prefixes` (default: those
+    of the QEMU binaries found, `qemu_prefixes()`)."""
     config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return [Path("/usr/share/qemu/firmware"), Path("/etc/qemu/firmware"), config / "qemu" / "firmware"]
+    others = [p for p in (qemu_prefixes() if prefixes is None else prefixes) if p != Path("/usr")]
+    return [Path("/usr/share/qemu/firmware"), *(p / "share/qemu/firmware" for p in others),
+            Path("/etc/qemu/firmware"), *(p / "etc/qemu/firmware" for p in others), config / "qemu" / "firmware"]
+
+
+def qemu_prefixes() -> list[Path]:
+    """The install prefixes of the QEMU system emulators found (`<prefix>/bin/qemu-system-*`),
+    both as found on PATH and with symlinks resolved (Homebrew links /opt/homebrew/bin into
+    its Cellar)."""
+    from pim.engine.errors import MissingTool
+    from pim.engine.qemu.argv import qemu_binary
+    from pim.engine.run import find_tool
+
+    found: list[Path] = []
+    for arch in _CANDIDATES:
+        try:
+            binary = Path(find_tool(qemu_binary(arch)))
+        except MissingTool:
+            continue
+        for prefix in (binary.parent.parent, binary.resolve().parent.parent):
+            if prefix not in found:
+                found.append(prefix)
+    return found
 
 
 def descriptors(dirs: list[Path] | None = None) -> list[Path]:

@@ -96,6 +96,28 @@ def test_a_signal_that_lands_in_a_finalizer_is_not_lost() -> None:
     assert unwinder.received == [signal.SIGINT]  # counted once, though delivered twice
 
 
+def test_a_signal_that_lands_in_an_io_objects_finalizer_is_not_lost() -> None:
+    """An `io.IOBase` finalizer (urllib3's response under every boto3 call) runs the
+    object's `closed` and `close()` and clears what they raise, without telling
+    sys.unraisablehook: the signal must not be raised there, and must still come."""
+    import io
+
+    class Response(io.IOBase):
+        @property
+        def closed(self) -> bool:  # type: ignore[override]
+            signal_main_thread(signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, inside the finalizer
+            return True
+
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted), unwinding() as unwinder:
+        obj = Response()
+        del obj
+        threading.Event().wait(5)  # only a signal delivered again ends this early
+    assert time.monotonic() - t0 < 3
+    assert unwinder.received == [signal.SIGINT]
+
+
 def test_disarmed_the_handler_records_the_signal_and_does_not_raise() -> None:
     unwinder = Unwinder().install()
     try:

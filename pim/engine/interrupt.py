@@ -15,6 +15,7 @@ fail with EINTR, the handler runs, and the exception unwinds from there.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -52,6 +53,10 @@ class Unwinder:
     interrupt would be lost and the build would go on. Python hands every such dropped
     exception to `sys.unraisablehook`; while installed, the Unwinder takes its own
     `Interrupted` back there and delivers the signal again a moment later.
+    One finalizer drops it without telling the hook: an I/O object's (`io.IOBase`:
+    urllib3's and http.client's responses under every boto3 call, socket files), whose
+    `closed` and `close()` Python code it runs and whose exception it clears. A signal
+    handled there is not raised: it is delivered again a moment later, like a dropped one.
     """
 
     def __init__(self, on_signal: Callable[[int], None] | None = None):
@@ -93,18 +98,43 @@ class Unwinder:
             if self._on_signal is not None:
                 self._on_signal(signum)
         if self.armed and self.fired is None:
+            if _closing_io(frame):  # maybe an I/O object's finalizer, which would clear it
+                self._again(signum)
+                return
             self.fired = signum
             raise Interrupted(signum)
+
+    def _again(self, signum: int) -> None:
+        """Deliver signum again in a moment, counted once."""
+        self._deferred = signum
+        threading.Timer(REDELIVERY, signal_main_thread, (signum,)).start()
 
     def _unraisable(self, unraisable: Any) -> None:
         """sys.unraisablehook: our Interrupted, dropped where it was raised, comes again."""
         exc = unraisable.exc_value
         if isinstance(exc, Interrupted) and self.armed and self.fired == exc.signum:
-            self.fired, self._deferred = None, exc.signum
-            threading.Timer(REDELIVERY, signal_main_thread, (exc.signum,)).start()
+            self.fired = None
+            self._again(exc.signum)
             return
         if self._previous_hook is not None:
             self._previous_hook(unraisable)
+
+
+_IO_FINALIZER_CALLS = ("closed", "close")  # what io.IOBase's finalizer runs, its errors cleared
+
+
+def _closing_io(frame: FrameType | None) -> bool:
+    """True when the main thread is in an I/O object's `closed` or `close()` (or what
+    they call). The finalizer of an `io.IOBase` calls them and clears any exception
+    they raise, with no trace and without `sys.unraisablehook` (CPython's
+    iobase_finalize); an explicit call is short, so waiting a moment there costs nothing."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in _IO_FINALIZER_CALLS and code.co_varnames[:1] == ("self",) \
+                and isinstance(frame.f_locals.get("self"), io.IOBase):
+            return True
+        frame = frame.f_back
+    return False
 
 
 REDELIVERY = 0.02  # seconds before a signal whose Interrupted was dropped comes again

@@ -35,7 +35,7 @@ demo: setup
 	  $(VENV)/bin/pim build demo --config "$$cfg"
 
 bench: setup
-	cd bench && ../$(PY) cache_bench.py && ../$(PY) remote_cache_bench.py && ../$(PY) builders_bench.py && ../$(PY) deploy_bench.py && ../$(PY) pulumi_bench.py && ../$(PY) tofu_bench.py && ../$(PY) packer_bench.py
+	cd bench && ../$(PY) cache_bench.py && ../$(PY) remote_cache_bench.py && ../$(PY) builders_bench.py && ../$(PY) deploy_bench.py && ../$(PY) pulumi_bench.py && ../$(PY) tofu_bench.py && ../$(PY) packer_bench.py && ../$(PY) aarch64_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -18,12 +18,13 @@ from tests.e2e.conftest import FIXTURE_CACHE, make_config  # noqa: E402
 __all__ = ["ROOT", "fixture_iso", "make_config", "timed", "pim", "median_of"]
 
 
-def fixture_iso() -> Path:
+def fixture_iso(arch: str = "x86_64") -> Path:
+    """The e2e fixture installer ISO for arch (x86_64, aarch64), built and cached on first use."""
     spec = importlib.util.spec_from_file_location("fixture", ROOT / "tests/fixtures/installer/build.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.build_fixture_iso(FIXTURE_CACHE)
+    return mod.build_fixture_iso(FIXTURE_CACHE, arch)
 
 
 def pim(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

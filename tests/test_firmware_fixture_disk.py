@@ -62,3 +62,23 @@ def test_both_boot_loaders_start_the_same_kernel(disk) -> None:
     assert f"root=UUID={fixture.ROOT_UUID}" in fixture.KERNEL_CMDLINE
     assert _mtype(image, fixture, "vmlinuz") == b"kernel\n"
     assert _mtype(image, fixture, "ldlinux.sys")  # syslinux installed for BIOS
+
+
+def test_the_arm64_disk_boots_uefi_only_and_leaves_the_kernel_to_its_installer(tmp_path: Path) -> None:
+    fixture = _fixture_builder()
+    arch = fixture.AARCH64
+    loader = tmp_path / "systemd-bootaa64.efi"  # stands in for the arm64 package's file
+    loader.write_bytes(b"MZ arm64 systemd-boot\n")
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    image = fixture.build_disk(root, "6.1.0-0-arm64", tmp_path, arch, loader)
+    with image.open("rb") as f:
+        assert f.read(440) == bytes(440)  # no BIOS boot code
+    assert image.stat().st_size == arch.disk_mib << 20
+    assert _mtype(image, fixture, "EFI/BOOT/BOOTAA64.EFI") == loader.read_bytes()  # UEFI's arm64 removable path
+    entry = _mtype(image, fixture, "loader/entries/debian.conf").decode()
+    assert f"options root=UUID={fixture.ROOT_UUID} ro console=ttyAMA0\n" in entry  # the virt board's PL011
+    files = subprocess.run(["mdir", "-b", "-i", _fat(image, fixture), "::/"], capture_output=True, text=True,
+                           env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+    # The installer copies the kernel and the initrd its second stage made; syslinux is x86's.
+    assert "vmlinuz" not in files and "ldlinux.sys" not in files, files

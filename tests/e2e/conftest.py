@@ -39,6 +39,15 @@ def fixture_iso() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fixture_iso_aarch64() -> Path:
+    """The arm64 fixture installer (debootstrap's first stage on this host, no binfmt)."""
+    if not shutil.which("qemu-system-aarch64") or not shutil.which("debootstrap"):
+        pytest.fail("qemu-system-aarch64 or debootstrap is missing: run the suite with `make test` or "
+                    "`make acceptance`, which install them")
+    return _fixture_builder().build_fixture_iso(FIXTURE_CACHE, "aarch64")
+
+
+@pytest.fixture(scope="session")
 def pim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pim-cache")
 
@@ -69,6 +78,8 @@ def module_pim_env(pim_cache: Path, runtime_root: Path) -> Iterator[None]:
 
 DIRECT_BOOT = {"kernel": "/install.amd/vmlinuz", "initrd": "/install.amd/initrd.gz",
                "params": "console=ttyS0,115200 url={{ answer_url }}"}
+DIRECT_BOOT_AARCH64 = {"kernel": "/install.a64/vmlinuz", "initrd": "/install.a64/initrd.gz",
+                       "params": "console=ttyAMA0 url={{ answer_url }}"}
 
 
 def apt_package_url(package: str = "hello") -> tuple[str, str]:
@@ -78,7 +89,8 @@ def apt_package_url(package: str = "hello") -> tuple[str, str]:
 
 
 def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars: dict | None = None,
-                name: str = "e2e", boot: dict | None = None, **image_overrides: object) -> Path:
+                name: str = "e2e", boot: dict | None = None, installer_timeout: str = "10m",
+                **image_overrides: object) -> Path:
     """A pim.yaml building `name` from the fixture ISO."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "answer.txt").write_text(ANSWER)
@@ -93,7 +105,7 @@ def make_config(folder: Path, iso: Path, *, provision: list | None = None, vars:
             "template": "answer.txt",
             "vars": vars or {},
             "boot": boot or DIRECT_BOOT,
-            "timeout": "10m",
+            "timeout": installer_timeout,
         },
         "ssh": {"timeout": "5m"},
         "provision": provision or [],

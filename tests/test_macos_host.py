@@ -126,10 +126,11 @@ def test_a_runtime_folder_too_long_for_macos_is_an_error_before_qemu_starts(tmp_
     base = tmp_path / ("x" * (105 - len(f"{tmp_path}/") - len("/pim/vm.serial")))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
     assert len(str(base / "pim/vm.serial")) == 105
-    RuntimeFiles.for_name("vm", "linux")
+    files = RuntimeFiles.for_name("vm")
+    files.check("linux")
     with pytest.raises(InputError, match=r"vm\.serial is 105 bytes long; UNIX sockets on darwin take at most 103: "
                                          r"set XDG_RUNTIME_DIR to a shorter folder"):
-        RuntimeFiles.for_name("vm", "darwin")
+        files.check("darwin")
 
 
 # ------------------------------------------------------------------ QEMU does not outlive a killed PIM
@@ -184,15 +185,19 @@ def test_qemu_started_with_the_lifeline_dies_with_a_killed_pim(tmp_path: Path) -
 
 
 def test_the_lifeline_lets_an_exited_child_go_without_signalling_anything(tmp_path: Path) -> None:
-    parent = _parent(tmp_path, ["sh", "-c", "exit 3"], "lifeline", wait_child=True)
+    parent = _parent(tmp_path, ["sh", "-c", "sleep 1; exit 3"], "lifeline", wait_child=True)
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 5
+        while not (watchers := [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == child
+                                and _comm(int(p)).startswith("python")]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(watchers) == 1, "the program's watcher, its child"
+        assert os.getpgid(watchers[0]) != os.getpgid(parent.pid), "out of PIM's process group: Ctrl-C spares it"
         assert parent.stdout.readline().strip() == "3", "PIM sees the program's own exit status"
         assert _gone(child, 5)
-        deadline = time.monotonic() + 5  # its watcher left once the program's end of the pipe closed
-        while [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == child] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert _gone(watchers[0], 5), "the watcher leaves once the program has exited"
         assert parent.poll() is None  # the parent is alive: nothing was signalled
     finally:
         parent.send_signal(signal.SIGKILL)
@@ -213,3 +218,13 @@ def _ppid(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (FileNotFoundError, IndexError, ValueError):
         return -1
+
+
+def test_a_program_under_the_lifeline_gets_default_sigpipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python ignores SIGPIPE and an ignored signal survives exec: the launcher must undo it.
+    from pim.engine.run import run
+
+    monkeypatch.setenv("PIM_PARENT_DEATH", "lifeline")
+    out = run(["sh", "-c", "grep -E '^Sig(Ign|Cgt)' /proc/self/status"]).stdout
+    ignored = int(out.split("SigIgn:")[1].split()[0], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1)), out

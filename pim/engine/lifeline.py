@@ -10,10 +10,16 @@ everywhere with two pipes and no polling:
     program keeps the pid PIM started (Popen, QEMU's -pidfile and the runtime files
     agree). The program inherits B's write end; the watcher keeps A's and B's read ends.
   * The kernel closes A's write end when PIM exits, however it dies (SIGKILL
-    included), and B's when the program exits. The watcher waits for either: if A ends
-    while B has not, PIM is gone and it sends SIGNAL to the program; if B ends, the
-    program is gone and it leaves (nothing can be signalled by mistake: while B's write
-    end is open the pid is the program's).
+    included), and B's when the program exits. The watcher waits for either. It is the
+    program's child, so its parent pid says whether the program still runs (a child is
+    re-parented the moment its parent exits, before the pid can be reaped and reused):
+    when A ends and the program still runs, PIM is gone and the program gets SIGNAL;
+    when the program is gone, the watcher leaves. B only wakes it up: a child of the
+    program may hold B open longer, and a program that closes inherited descriptors
+    (OpenSSH does) closes it early; neither fools the parent-pid test.
+  * The watcher leaves PIM's process group (a Ctrl-C for PIM must not end it) and the
+    program gets SIGPIPE and SIGXFSZ back to their defaults (Python ignores both, and
+    an ignored signal survives exec).
 
 `PIM_PARENT_DEATH=lifeline` makes Linux use it too (the default there is the kernel's
 signal), which is how it is tested on Linux.
@@ -29,25 +35,38 @@ from typing import Any
 # Runs as `python -I -S -c LAUNCHER <A's read end> <signal number> <program> <args...>`:
 # no site, no environment, standard library only, so it starts in ~20 ms.
 LAUNCHER = r"""
-import os, select, sys
+import os, select, signal, sys
 a, sig, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 b_read, b_write = os.pipe()
 program = os.getpid()
 if os.fork() == 0:
+    os.setsid()
     os.close(b_write)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    ready = select.select([a, b_read], [], [])[0]
-    if b_read not in ready and not select.select([b_read], [], [], 0)[0]:
-        try:
-            os.kill(program, sig)
-        except OSError:
-            pass
+    watched, closed_at = [os.dup(a), b_read], None  # dup: a low number, which select takes
+    while os.getppid() == program:
+        # Once B has closed, the program is exiting (its files close before its children
+        # are re-parented) or it closed B itself: look at the parent pid for 2 s.
+        wait = None if closed_at is None else (0.01 if os.times().elapsed - closed_at < 2 else None)
+        ready = select.select(watched, [], [], wait)[0]
+        if watched[0] in ready:
+            if os.getppid() == program:
+                try:
+                    os.kill(program, sig)
+                except OSError:
+                    pass
+            break
+        if b_read in ready:
+            watched.remove(b_read)
+            closed_at = os.times().elapsed
     os._exit(0)
 os.close(a)
 os.close(b_read)
 os.set_inheritable(b_write, True)
+for s in (signal.SIGPIPE, signal.SIGXFSZ):
+    signal.signal(s, signal.SIG_DFL)
 try:
     os.execv(argv[0], argv)
 except OSError as e:
@@ -73,8 +92,8 @@ def wrap(argv: list[str], sig: int) -> tuple[list[str], int, int]:
 
 
 def hold(proc: Any, write_end: int) -> None:
-    """Keep the lifeline's write end as long as `proc` (a Popen) is referenced: it is
-    closed when the Popen is collected, which lets the watcher go (or, if the program
-    still runs with nobody left to stop it, stops it)."""
+    """Keep the lifeline's write end as long as `proc` (a Popen) lives: it is closed when
+    the Popen is collected, which happens only once the program has been reaped (Popen
+    keeps a running child's object alive), or when PIM exits."""
     proc.pim_lifeline = write_end
     weakref.finalize(proc, os.close, write_end)

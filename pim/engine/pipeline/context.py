@@ -64,8 +64,10 @@ class BuildContext:
             from pim.engine.qemu.img import qemu_release
 
             arch, qemu = self.spec.arch.value, qemu_release(self.spec.arch.value)
-            overrides.setdefault("cpu", cpu_model(arch, self.accel, qemu))
-            overrides.setdefault("machine", machine_type(arch, self.accel, qemu, self.spec.memory >> 20))
+            if "cpu" not in overrides:
+                overrides["cpu"] = cpu_model(arch, self.accel, qemu)
+            if "machine" not in overrides:
+                overrides["machine"] = machine_type(arch, self.accel, qemu, self.spec.memory >> 20)
         return VmConfig(
             name=self.name,
             disk=disk,

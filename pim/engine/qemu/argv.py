@@ -21,12 +21,10 @@ class RuntimeFiles:
     dir: Path
 
     @classmethod
-    def for_name(cls, name: str, platform: str | None = None) -> "RuntimeFiles":
-        """The files of VM `name` in `runtime_dir()`. Raises InputError when a socket
-        path would be too long for `platform` (default: this one; see `check`)."""
-        files = cls(name, runtime_dir())
-        files.check(platform)
-        return files
+    def for_name(cls, name: str) -> "RuntimeFiles":
+        """The files of VM `name` in `runtime_dir()` (`Machine` checks them with `check`
+        before it starts QEMU)."""
+        return cls(name, runtime_dir())
 
     def check(self, platform: str | None = None) -> None:
         """Raises InputError, before any QEMU starts, when a socket path is longer than

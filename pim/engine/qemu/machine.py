@@ -124,6 +124,7 @@ class Machine:
 
     # -- lifetime -----------------------------------------------------------
     def __enter__(self) -> "Machine":
+        self.rt.check()  # socket paths within the platform's limit, before anything starts
         self._claim_runtime_files()
         argv = build_argv(self.cfg)
         self.events.log(self.stage, f"starting QEMU ({self.cfg.accel}, {self.cfg.cpus} cpu, {self.cfg.memory_mib} MiB)")

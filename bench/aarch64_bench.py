@@ -65,7 +65,8 @@ def main() -> None:
         xs, as_ = x["stages"][stage]["seconds"], a["stages"][stage]["seconds"]
         print(f"  {stage:32} {xs:8.1f}s {as_:8.1f}s {as_ / xs:6.2f}x")
     print(f"  {'pim build (wall)':32} {x_wall:8.1f}s {a_wall:8.1f}s {a_wall / x_wall:6.2f}x")
-    print(f"accelerators: x86_64 {x['inputs'].get('accel', '?')}, aarch64 {a['inputs'].get('accel', '?')}")
+    print(f"accel setting: x86_64 {x['inputs'].get('accel', '?')}, aarch64 {a['inputs'].get('accel', '?')} "
+          "(the verdict is in each build's events: `accelerator: ...`)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import sys
 import weakref
 from typing import Any
 
+from pim.engine.platforms import LINUX, platform_name
+
 # Runs as `python -I -S -c LAUNCHER <A's read end> <signal number> <program> <args...>`:
 # no site, no environment, standard library only, so it starts in ~20 ms.
 LAUNCHER = r"""
@@ -80,7 +82,7 @@ def wanted(platform: str | None = None) -> bool:
     on every platform but Linux, and on Linux when PIM_PARENT_DEATH=lifeline."""
     if os.environ.get("PIM_PARENT_DEATH") == "lifeline":
         return True
-    return not (platform or sys.platform).startswith("linux")
+    return platform_name(platform) != LINUX
 
 
 def wrap(argv: list[str], sig: int) -> tuple[list[str], int, int]:

@@ -59,15 +59,14 @@ class BuildContext:
             from pim.engine.qemu.firmware import for_vm
 
             overrides["firmware"] = for_vm(self.spec.arch.value, disk.parent / "efivars.fd")
-        if "cpu" not in overrides or "machine" not in overrides:
-            from pim.engine.qemu.argv import cpu_model, machine_type
-            from pim.engine.qemu.img import qemu_release
+        from pim.engine.qemu.argv import cpu_model, machine_type
+        from pim.engine.qemu.img import qemu_release
 
-            arch, qemu = self.spec.arch.value, qemu_release(self.spec.arch.value)
-            if "cpu" not in overrides:
-                overrides["cpu"] = cpu_model(arch, self.accel, qemu)
-            if "machine" not in overrides:
-                overrides["machine"] = machine_type(arch, self.accel, qemu, self.spec.memory >> 20)
+        arch, qemu = self.spec.arch.value, qemu_release(self.spec.arch.value)  # cached per arch
+        if "cpu" not in overrides:
+            overrides["cpu"] = cpu_model(arch, self.accel, qemu)
+        if "machine" not in overrides:
+            overrides["machine"] = machine_type(arch, self.accel, qemu, self.spec.memory >> 20)
         return VmConfig(
             name=self.name,
             disk=disk,

@@ -22,6 +22,8 @@ def build(
     builder: str = typer.Option(None, "--builder", help="Build on this builder (see `pim builders list`)"),
     local: bool = typer.Option(False, "--local", help="Build on this machine, whatever the routing says"),
     no_fetch: bool = typer.Option(False, "--no-fetch", help="Leave a remote build's artifact on its builder"),
+    explain: bool = typer.Option(False, "--explain", help="Build nothing: say per stage whether it is cached and, "
+                                                          "if not, which inputs changed since the newest build"),
 ) -> None:
     """Build images: install, provision, generalize, compress; routed to a builder."""
     from pim.engine.config.spec import load_config
@@ -34,6 +36,8 @@ def build(
     names = list(dict.fromkeys(list(cfg.images) if all_images else (images or [])))  # each image once
     if not names:
         raise typer.BadParameter("name an image to build, or give --all")
+    if explain:
+        raise typer.Exit(_explain(cfg, names, json_out))
     flags = {"force": force, "no_remote": no_remote, "builder": builder, "local": local, "no_fetch": no_fetch}
     if len(names) == 1:
         _one(cfg, names[0], json_out, verbose, **flags)
@@ -41,6 +45,30 @@ def build(
         from pim.cli.parallel import build_many
 
         raise typer.Exit(build_many(config, names, json_out, verbose, **flags))
+
+
+def _explain(cfg: Any, names: list[str], json_out: bool) -> int:
+    """Print each image's stages, cached or to build and why; 0 when nothing would be built, 3 when something would."""
+    import json
+    from dataclasses import asdict
+
+    from pim.engine.errors import PimError
+    from pim.engine.pipeline.explain import explain_image
+
+    store, report = open_store(), {}
+    for name in names:
+        try:
+            report[name] = explain_image(cfg, name, store)
+        except PimError as e:
+            raise fail(e) from None
+    if json_out:
+        typer.echo(json.dumps({n: [asdict(s) for s in stages] for n, stages in report.items()}, indent=2))
+    else:
+        for name, stages in report.items():
+            typer.echo(f"{name}:")
+            for s in stages:
+                typer.echo(f"  {s.line()}")
+    return 3 if any(s.to_build for stages in report.values() for s in stages) else 0
 
 
 def _one(cfg: Any, image: str, json_out: bool, verbose: bool, *, force: bool, no_remote: bool,

@@ -1,4 +1,4 @@
-"""`pim images list|show|rm|gc`: what the store holds."""
+"""`pim images list|show|verify|rm|gc`: what the store holds."""
 
 from __future__ import annotations
 
@@ -70,6 +70,32 @@ def show(ref: str = typer.Argument(..., help="Image name (its newest build) or k
     except PimError as e:
         raise fail(e) from None
     typer.echo(manifest.model_dump_json(indent=2))
+
+
+@app.command()
+def verify(ref: str = typer.Argument(..., help="Image name (its newest build) or key prefix"),
+           key: Path = typer.Option(None, "--key", help="PEM public key to check the signature with "
+                                                        "(default: this machine's signing key)")) -> None:
+    """Check a build's signed provenance: signature, artifact and SBOM digests, and that
+    the recorded inputs hash to the image's key. Exit 1 when anything does not hold."""
+    from pim.engine.errors import PimError
+    from pim.engine.provenance import signing
+    from pim.engine.provenance.verify import verify as run_verify
+    from pim.engine.store.inventory import find
+
+    try:
+        store = open_store()
+        entry = find(store, ref)
+        public = key or signing.verifying_key_path()
+        if key is None and not public.is_file():
+            raise PimError(f"no public key at {public}: this machine has signed no build; give the signer's "
+                           "key with --key")
+        done = run_verify(store.object(entry.key), store.manifest(entry.key), signing.load_public(public))
+    except PimError as e:
+        raise fail(e) from None
+    typer.echo(f"verified {entry.key[:12]} ({entry.image}): signed by {done.keyid[:16]}, artifact sha256 "
+               f"{done.artifact_sha256[:16]}, SBOM {(done.sbom_sha256 or 'none')[:16]}, "
+               f"{done.dependencies} inputs")
 
 
 @app.command()

@@ -18,6 +18,8 @@ from pim.engine.config.spec import load_config
 from pim.engine.store.objects import Store
 from tests.e2e.conftest import apt_package_url, make_config
 
+PackageURL = pytest.importorskip("packageurl").PackageURL
+
 pytestmark = pytest.mark.e2e
 
 FETCH = """python3 - <<'PY'
@@ -107,7 +109,17 @@ def test_artifact_boots_and_answers_qmp_and_guest_agent(built, tmp_path: Path) -
         assert agent.file_read("/root/written-by-agent") == b"x"
         ifaces = agent.network_interfaces()
         assert any(i["name"] != "lo" for i in ifaces)
+        code, out, _ = agent.exec(["/usr/bin/dpkg-query", "-W", "-f",
+                                   "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"])
+        assert code == 0
         assert vm.stop(graceful=120) == "guest agent shutdown"
+    # The SBOM written at build time lists exactly what dpkg says is installed in the image.
+    installed = {tuple(line.split("\t")[1:]) for line in out.decode().splitlines() if line[1:2] == "i"}
+    sbom = json.loads((result.path.parent / "sbom.cdx.json").read_text())
+    listed = {(c["name"], c["version"], PackageURL.from_string(c["purl"]).qualifiers["arch"])
+              for c in sbom["components"]}
+    assert len(installed) > 100 and listed == installed
+    assert {"cloud-init", "openssh-server", "qemu-guest-agent"} <= {name for name, _, _ in listed}
 
 
 def test_second_build_is_a_cache_hit_without_qemu(built, pim_cache: Path) -> None:
@@ -116,6 +128,13 @@ def test_second_build_is_a_cache_hit_without_qemu(built, pim_cache: Path) -> Non
     again = build(cfg, "e2e", Emitter(events.append), store=Store(pim_cache))
     assert again.cached and again.path == first.path and again.sha256 == first.sha256
     assert not any("starting QEMU" in e.message for e in events)
+    # The build recorded the inputs it was made from: explain finds every stage cached.
+    from pim.engine.pipeline.build import current_inputs
+    from pim.engine.pipeline.explain import explain_image
+
+    assert first.manifest().input_digests == current_inputs(cfg, "e2e", Store(pim_cache))[1]
+    assert [(s.stage, s.cached) for s in explain_image(cfg, "e2e", Store(pim_cache))] == [
+        ("install", True), ("provision", True), ("final", True)]
 
 
 def test_failing_step_names_itself_and_reuses_install(fixture_iso: Path, tmp_path: Path, built,
@@ -133,6 +152,63 @@ def test_failing_step_names_itself_and_reuses_install(fixture_iso: Path, tmp_pat
 
 def test_manifest_has_no_secrets(fixture_iso: Path, built) -> None:
     _, result, events = built
-    text = result.manifest_path.read_text()
+    text = result.manifest_path.read_text() + (result.path.parent / "provenance.intoto.jsonl").read_text()
     assert "PRIVATE KEY" not in text
     assert "PRIVATE KEY" not in json.dumps([e.message for e in events])
+
+
+def test_sbom_is_cyclonedx_with_the_image_as_subject(built) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    _, result, _ = built
+    manifest = result.manifest()
+    text = (result.path.parent / "sbom.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
+    sbom = json.loads(text)
+    subject = sbom["metadata"]["component"]
+    assert subject["name"] == "e2e" and subject["hashes"] == [{"alg": "SHA-256", "content": result.sha256}]
+    assert all(c["purl"].startswith("pkg:deb/debian/") and "arch=" in c["purl"] for c in sbom["components"])
+    assert manifest.sbom is not None
+    assert manifest.sbom.sha256 == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_provenance_verifies_and_each_tampered_file_fails(built, tmp_path: Path) -> None:
+    import shutil
+
+    from pim.engine.provenance import signing
+    from pim.engine.provenance.verify import VerificationFailed, verify
+
+    _, result, _ = built
+    manifest, key = result.manifest(), signing.load_public(signing.public_key_path())
+    done = verify(result.path.parent, manifest, key)
+    assert done.artifact_sha256 == result.sha256 and done.sbom_sha256 == manifest.sbom.sha256
+    copy = tmp_path / manifest.key
+    shutil.copytree(result.path.parent, copy)
+
+    def flip(name: str, offset: int) -> bytes:
+        path = copy / name
+        data = path.read_bytes()
+        path.write_bytes(data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:])
+        return data
+
+    for name, offset, expect in (("disk.qcow2", 1 << 20, "disk.qcow2 was modified"),
+                                 ("sbom.cdx.json", 200, "sbom.cdx.json was modified"),
+                                 ("provenance.intoto.jsonl", 100, "signature does not verify")):
+        original = flip(name, offset)
+        with pytest.raises(VerificationFailed, match=expect):
+            verify(copy, manifest, key)
+        (copy / name).write_bytes(original)
+    verify(copy, manifest, key)
+    statement = signing.payload_of(json.loads((copy / "provenance.intoto.jsonl").read_text()))
+    assert statement["subject"] == [{"name": "disk.qcow2", "digest": {"sha256": result.sha256}}]
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert deps[0]["digest"]["sha256"] == manifest.iso and any(d["name"] == "provision: motd" for d in deps)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    other = tmp_path / "other.pub"
+    other.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(VerificationFailed, match="signature does not verify"):
+        verify(copy, manifest, signing.load_public(other))

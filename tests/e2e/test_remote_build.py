@@ -67,6 +67,12 @@ def test_fixture_image_built_remotely_has_the_local_key_and_bytes(
     assert result["builder"] == "remote" and result["cached"] is False
     # the same key as this machine computes for the spec, the same bytes as on the builder
     assert result["key"] == content_keys(load_config(cfg), "e2e", Store(pim_cache))["final"]
+    # the builder named the inputs as this config does, though its copy renames every file
+    from pim.engine.pipeline.build import current_inputs
+
+    named = Store(pim_cache).manifest(result["key"]).input_digests
+    assert named == current_inputs(load_config(cfg), "e2e", Store(pim_cache))[1]
+    assert not [n for n in named if "files/" in n], named
     local = Path(result["path"])
     assert local.is_relative_to(pim_cache) and file_digest(local) == result["sha256"]
     there = host.cache / "objects" / result["key"] / "disk.qcow2"

@@ -107,6 +107,7 @@ def test_machine_a_pushes_every_stage_of_its_build_manifest_last(machine_a: Run,
     index = json.loads(s3(moto_url).get_object(Bucket=bucket, Key=f"team/manifests/{final}.json")["Body"].read())
     assert index["key"] == final and index["manifest"]["key"] == final
     assert index["files"]["disk.qcow2"]["sha256"] == machine_a.result["sha256"]
+    assert {"sbom.cdx.json", "provenance.intoto.jsonl"} <= set(index["files"])  # they travel with the image
     assert all(f"team/blobs/sha256/{b['sha256']}" in stored for b in index["files"].values())
 
 
@@ -117,6 +118,9 @@ def test_a_fresh_machine_gets_the_image_without_starting_qemu(machine_a: Run, fi
     assert b.result["key"] == machine_a.result["key"] and b.result["cached"]
     assert not any("starting QEMU" in m for m in b.logs()), b.logs()
     assert Path(b.result["path"]).read_bytes() == Path(machine_a.result["path"]).read_bytes()
+    for name in ("sbom.cdx.json", "provenance.intoto.jsonl"):
+        assert (Path(b.result["path"]).parent / name).read_bytes() == \
+            (Path(machine_a.result["path"]).parent / name).read_bytes()
     assert sorted(p.name for p in (tmp_path / "cache-b" / "objects").iterdir()) == [b.result["key"]]
 
 

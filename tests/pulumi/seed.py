@@ -9,14 +9,15 @@ import shutil
 from pathlib import Path
 
 from pim.engine.config.spec import Config
-from pim.engine.pipeline.build import content_keys
+from pim.engine.pipeline.build import current_inputs
 from pim.engine.store.manifest import Artifact, Manifest, StageRef
 from pim.engine.store.objects import Store
 
 
 def seed_build(cfg: Config, name: str, cache: Path, disk: Path, virtual_size: int) -> str:
     store = Store(cache)
-    keys = content_keys(cfg, name, store)
+    stage_keys, digests = current_inputs(cfg, name, store)
+    keys = stage_keys.as_dict()
     staging = store.root / "tmp" / f"seed-{keys['final'][:12]}"
     staging.mkdir()
     shutil.copyfile(disk, staging / "disk.qcow2")
@@ -27,6 +28,6 @@ def seed_build(cfg: Config, name: str, cache: Path, disk: Path, virtual_size: in
         artifact=Artifact(sha256=hashlib.sha256(data).hexdigest(), size=len(data), virtual_size=virtual_size,
                           compression="zstd"),
         source={"iso": spec.source.iso}, lineage={s: StageRef(key=k) for s, k in keys.items()},
-        inputs=spec.model_dump(mode="json"),
+        inputs=spec.model_dump(mode="json"), input_digests=digests,
     ))
     return keys["final"]

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import pim
 
-PROTOCOL = 2  # 2: uploads by name, alive lines, the client's salt
+PROTOCOL = 3  # 2: uploads by name, alive lines, the client's salt; 3: the context's path names, the salt always
 HEARTBEAT = 2.0  # seconds between the client's heartbeats
 LOST = 20.0  # seconds without one before the agent stops its build
 
@@ -170,7 +170,7 @@ def build(job: dict[str, Any], out: _Out) -> dict[str, Any]:
         cfg = parse_config({"images": {job["image"]: job["spec"]}}, ctx, f"context of {job['image']}")
         result = run_build(cfg, job["image"], events, store=store, force=bool(job.get("force")),
                            builder=job.get("builder", "remote"), remote=open_remote(None),
-                           max_jobs=int(job.get("max_jobs", 1)),
+                           max_jobs=int(job.get("max_jobs", 1)), path_names=job.get("path_names") or {},
                            secret_salt=bytes.fromhex(job["salt"]) if job.get("salt") else None)
     obj = result.path.parent
     files = {}

@@ -63,12 +63,15 @@ def _slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
 @dataclass
 class Context:
     """One image's build context: `spec` (JSON-able, file paths rewritten) and `files`
-    ({context path: local file}) with `digests` ({context path: sha256 hex})."""
+    ({context path: local file}) with `digests` ({context path: sha256 hex}) and
+    `names` ({context path: the path as written in the config}, so the build names its
+    inputs as the user knows them)."""
 
     image: str
     spec: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # {context path: the path as the config wrote it}
 
     def blobs(self) -> dict[str, Path]:
         """{sha256: local file}, each content once."""
@@ -90,7 +93,7 @@ def make(cfg: Config, name: str, iso_sha256: str | None) -> Context:
         local = cfg.path(node[k])
         digest = iso_sha256 if k == "iso" and iso_sha256 else file_digest(local)
         rel = f"files/{digest}/{local.name}"
-        ctx.files[rel], ctx.digests[rel] = local, digest
+        ctx.files[rel], ctx.digests[rel], ctx.names[rel] = local, digest, str(node[k])
         node[k] = rel
     return ctx
 

@@ -268,11 +268,11 @@ def build(cfg: "Config", name: str, events: Emitter, *, store: Store, builder: B
         info = _call(conn, "info", {**base, "digests": sorted(ctx.blobs())}, events)
         sent = upload_inputs(conn, ctx, info, events)
         job = {**base, "image": name, "spec": ctx.spec, "files": ctx.digests, "uploads": sent,
-               "force": force, "builder": builder.name}
-        if spec.ssh.password is not None:  # the builder computes this store's keys (the password's keyed hash)
-            from pim.engine.pipeline.keys import store_salt
+               "force": force, "builder": builder.name, "path_names": ctx.names}
+        # The builder computes this store's keyed hashes (the password's, the input map's).
+        from pim.engine.pipeline.keys import store_salt
 
-            job["salt"] = store_salt(store.root).hex()
+        job["salt"] = store_salt(store.root).hex()
         result = _checked(builder, _call(conn, "build", job, events))
         if not fetch_result:
             record(store, builder, result)

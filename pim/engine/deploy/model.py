@@ -30,6 +30,8 @@ class BuiltImage:
     arch: str = "x86_64"
     firmware: str = "bios"
     lineage: dict[str, Any] = field(default_factory=dict)
+    sbom_sha256: str = ""  # of the build's SBOM ("" without one)
+    provenance_sha256: str = ""  # of its signed provenance ("" without one)
 
     @classmethod
     def from_manifest(cls, manifest: "Manifest", path: Path) -> "BuiltImage":
@@ -41,7 +43,8 @@ class BuiltImage:
         if manifest.iso:
             lineage["iso"] = manifest.iso
         return cls(manifest.image or "", manifest.key, path, art.sha256, art.size, art.virtual_size,
-                   manifest.arch, manifest.firmware, lineage)
+                   manifest.arch, manifest.firmware, lineage, manifest.sbom.sha256 if manifest.sbom else "",
+                   manifest.provenance.sha256 if manifest.provenance else "")
 
     @classmethod
     def newest(cls, store: "Store", image: str) -> "BuiltImage":
@@ -57,6 +60,11 @@ class BuiltImage:
         if len(key) != 64:
             raise InputError(f"{key!r} is not a content key: 64 hexadecimal digits expected")
         return cls(image, key, None)
+
+    @property
+    def attestation_digests(self) -> dict[str, str]:
+        """{"sbom", "provenance": sha256 hex} of the files that describe the build, those it has."""
+        return {k: v for k, v in (("sbom", self.sbom_sha256), ("provenance", self.provenance_sha256)) if v}
 
     @property
     def lineage_tags(self) -> dict[str, str]:

@@ -145,6 +145,19 @@ class Session:
             raise ProvisionError(f"{label}: exited with status {status}", list(tail))
         return status, list(tail)
 
+    def capture(self, label: str, command: str) -> str:
+        """Run a command and return its standard output as text, emitting nothing of it
+        (for output that is data, not progress). Raises ProvisionError with the tail of
+        its standard error when it exits non-zero or the connection drops."""
+        assert self.client is not None
+        _, stdout, stderr = self.client.exec_command(self._sudo(command), timeout=300)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        status = stdout.channel.recv_exit_status()
+        if status != 0:
+            raise ProvisionError(f"{label}: exited with status {status}", err.splitlines()[-TAIL_LINES:])
+        return out
+
     def _emit(self, label: str, raw: bytes, tail: deque[str]) -> None:
         line = raw.decode(errors="replace").rstrip("\r")
         tail.append(line)

@@ -51,7 +51,9 @@ class BuildResult:
 
 def image_outputs(manifest_path: Path) -> dict[str, Any]:
     """What front ends show of a build (Pulumi outputs, Terraform attributes), all
-    from its manifest: keys, path, sha256, sizes in bytes, format, arch, firmware."""
+    from its manifest: keys, path, sha256, sizes in bytes, format, arch, firmware,
+    the SBOM's and the signed provenance's paths (None when the build has none) and
+    the named inputs it was built from (`explain.input_digests`)."""
     m = manifests.read(manifest_path.parent)
     if m.artifact is None:
         raise manifests.ManifestError(f"{manifest_path} is a {m.stage} stage, not a built image")
@@ -69,6 +71,9 @@ def image_outputs(manifest_path: Path) -> dict[str, Any]:
         "firmware": m.firmware,
         "manifest_path": str(manifest_path),
         "created": m.created,
+        "sbom_path": str(manifest_path.parent / m.sbom.file) if m.sbom else None,
+        "provenance_path": str(manifest_path.parent / m.provenance.file) if m.provenance else None,
+        "input_digests": dict(m.input_digests),
     }
 
 
@@ -98,6 +103,16 @@ def content_keys(cfg: Config, name: str, store: Store) -> dict[str, str]:
     return _keys(cfg, spec, name, _iso_sha(cfg, spec, store), store).as_dict()
 
 
+def current_inputs(cfg: Config, name: str, store: Store) -> tuple[keymod.StageKeys, dict[str, str]]:
+    """The image's stage keys (with the inputs each hashes) and its named input map
+    (`explain.input_digests`), without building or downloading; as `content_keys`."""
+    from pim.engine.pipeline.explain import input_digests
+
+    spec = cfg.image(name)
+    keys = _keys(cfg, spec, name, _iso_sha(cfg, spec, store), store)
+    return keys, input_digests(spec, keys.inputs, keymod.store_salt(store.root))
+
+
 def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:
     """The finished build for the image's current inputs, or None: never builds."""
     key = content_keys(cfg, name, store)["final"]
@@ -106,7 +121,7 @@ def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:
 
 def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store, force: bool = False,
           builder: str = "local", remote: Bucket | None = None, max_jobs: int | None = None,
-          secret_salt: bytes | None = None) -> BuildResult:
+          secret_salt: bytes | None = None, path_names: dict[str, str] | None = None) -> BuildResult:
     """Build image `name` of `cfg` into `store`, reusing every cached stage.
 
     Events go to `events` (stage-begin/stage-end with `key` and `cached`, log,
@@ -119,7 +134,9 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     (`builders.slots`, shared with every PIM process on this machine) and waits for
     one while all are taken; a cache hit takes none. `secret_salt`: the salt for the
     keyed hash of the SSH password in the keys, when it is not this store's (a builder
-    computes the keys of the client it builds for). Raises InputError for bad
+    computes the keys of the client it builds for). `path_names` maps file paths of
+    the spec to the paths the user wrote (a builder's context renames every file), for
+    the names of the inputs the build records. Raises InputError for bad
     input, BuildError (InstallerFailed, ProvisionError, VMError, CommandError) when a
     stage fails; an interrupt (KeyboardInterrupt) unwinds the same way. Whatever
     happens, no QEMU, runtime file or scratch folder is left, and no unfinished
@@ -150,10 +167,14 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
 
                 held.enter_context(slot(store.root, max_jobs, lambda n: events.log(
                     None, f"waiting for a build slot on {builder}: all {n} taken by other builds")))
+            from pim.engine.provenance.signing import signer
+
+            signer()  # a key that cannot be made or read fails now, not after the build
             verdict = accelmod.choose(spec.arch.value, spec.accel.value)
             events.log(None, f"accelerator: {verdict.accel} ({verdict.reason})")
             work = held.enter_context(store.workdir(name))
-            ctx = BuildContext(cfg, spec, name, store, events, iso, iso_sha, keys, verdict.accel, work, builder)
+            ctx = BuildContext(cfg, spec, name, store, events, iso, iso_sha, keys, verdict.accel, work, builder,
+                               path_names=dict(path_names or {}), secret_salt=secret_salt)
             outputs = run_stages(ctx, held, force, finder)
             result = _result(store, name, keys.final, cached=outputs["final"].cached)
         finder.finish(keys.final)

@@ -9,9 +9,10 @@ A context exists only once all of these are known: there is no half-built one.
 
 from __future__ import annotations
 
+import datetime
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,17 @@ class BuildContext:
     accel: str
     work: Path
     builder: str = "local"
+    started: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"))  # when the build began (UTC, ISO 8601), for its provenance
+    path_names: dict[str, str] = field(default_factory=dict)  # spec path -> as the user wrote it (remote builds)
+    secret_salt: bytes | None = None  # the salt of keyed hashes when it is not the store's (a builder's client's)
+
+    @property
+    def salt(self) -> bytes:
+        """The salt of the build's keyed hashes: the client's for a remote build, else the store's."""
+        from pim.engine.pipeline.keys import store_salt
+
+        return self.secret_salt if self.secret_salt is not None else store_salt(self.store.root)
 
     def package_cache(self) -> "PackageCache":
         """The package cache proxy guests download through (kept in the store)."""

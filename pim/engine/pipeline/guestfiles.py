@@ -30,6 +30,12 @@ if [ "$PIM_CLOUD_INIT" = 1 ]; then
   say "cleaning cloud-init state"
   rm -rf /var/lib/cloud/* /var/log/cloud-init.log /var/log/cloud-init-output.log
 fi
+# The package list for the SBOM, read now that every package is in and before any
+# cleaning; into /run (tmpfs: never part of the image), where PIM reads and removes it.
+if [ -n "${PIM_PACKAGES:-}" ] && [ -f "$PIM_PACKAGES" ]; then
+  sh "$PIM_PACKAGES" > /run/pim-packages.tsv 2>&1 || true
+  rm -f "$PIM_PACKAGES"
+fi
 if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi
 say "emptying machine-id"
 : > /etc/machine-id

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from pim.engine.config.spec import Config, FileStep, ImageSpec, ShellStep
 from pim.engine.errors import InputError
 from pim.engine.pipeline import guestfiles
 
-STAGE_VERSIONS = {"install": 1, "boot": 1, "provision": 2, "final": 2}
+# provision 3: the object carries the guest's package list; final 3: the SBOM and signed provenance
+STAGE_VERSIONS = {"install": 1, "boot": 1, "provision": 3, "final": 3}
 
 
 def digest(obj: Any) -> str:
@@ -211,11 +212,14 @@ def final_inputs(spec: ImageSpec, provision_key: str, compression: str) -> dict[
 
 @dataclass(frozen=True)
 class StageKeys:
-    """The keys of one build's image stages (64-character sha256 hex each)."""
+    """The keys of one build's image stages (64-character sha256 hex each), and
+    `inputs`: {stage: the JSON-able inputs its key is the `digest` of}, which
+    provenance records and `explain` compares."""
 
     install: str
     provision: str
     final: str
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, str]:
         return {"install": self.install, "provision": self.provision, "final": self.final}
@@ -231,10 +235,12 @@ def stage_keys(cfg: Config, spec: ImageSpec, iso_sha256: str, cache: Path, image
     `compression` the artifact's resolved compression (see `final_inputs`).
     Raises InputError when a file the keys hash cannot be read.
     """
-    install = digest(install_inputs(cfg, spec, iso_sha256, cache, image, salt))
-    provision = digest(provision_inputs(cfg, spec, install))
-    final = digest(final_inputs(spec, provision, compression))
-    return StageKeys(install, provision, final)
+    inputs = {"install": install_inputs(cfg, spec, iso_sha256, cache, image, salt)}
+    install = digest(inputs["install"])
+    inputs["provision"] = provision_inputs(cfg, spec, install)
+    provision = digest(inputs["provision"])
+    inputs["final"] = final_inputs(spec, provision, compression)
+    return StageKeys(install, provision, digest(inputs["final"]), inputs)
 
 
 def boot_key(spec: ImageSpec, install_key: str, accel: str, qemu_version: str) -> str:

@@ -18,6 +18,8 @@ from pim.engine.pipeline.guestfiles import GENERALIZE, STEP_PRELUDE
 from pim.engine.pipeline.stage import copy_efivars
 
 STAGE = "provision"
+PACKAGE_QUERY = "/tmp/pim-packages"
+PACKAGE_LIST = "/run/pim-packages.tsv"  # written by the generalize script (guestfiles.GENERALIZE)
 
 
 
@@ -63,17 +65,48 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
             facts["steps"] = steps
             comment = key.public_openssh.rsplit(" ", 1)[-1]
             env = {
+                "PIM_PACKAGES": _upload_query(session),
                 "PIM_CLOUD_INIT": "1" if spec.finalize.cloud_init else "0",
                 "PIM_TRIM": "1" if spec.finalize.trim else "0",
                 "PIM_KEY_COMMENT": comment,
             }
             session.upload(GENERALIZE.encode(), "/tmp/pim-generalize", 0o700)
             session.run("generalize", script_command("/tmp/pim-generalize", env))
+            facts["packages"] = _read_packages(ctx, session, disk.parent)
         finally:
             session.close()
         facts["shutdown"] = vm.stop(graceful=120.0)
     facts["seconds"] = round(time.monotonic() - started, 1)
     return facts
+
+
+def _upload_query(session: Session) -> str:
+    """Put the package query where the generalize script runs it; its guest path."""
+    from pim.engine.provenance import packages
+
+    session.upload(packages.QUERY.encode(), PACKAGE_QUERY, 0o700)
+    return PACKAGE_QUERY
+
+
+def _read_packages(ctx: BuildContext, session: Session, folder: Path) -> int:
+    """Read the package list the generalize script wrote into `folder/packages.json`
+    (for the SBOM) and remove it from the guest; the number of packages, 0 with a
+    warning when there is none (neither dpkg nor rpm) or it cannot be read: the SBOM
+    is missing then, the build goes on."""
+    import socket
+
+    import paramiko
+
+    from pim.engine.provenance import packages
+
+    try:
+        found = packages.parse(session.capture("packages", f"cat {PACKAGE_LIST}; rc=$?; rm -f {PACKAGE_LIST}; exit $rc"))
+    except (ProvisionError, OSError, socket.timeout, paramiko.SSHException) as e:
+        ctx.events.warning(STAGE, f"no package list for the SBOM: {e}")
+        return 0
+    found.write(folder)
+    ctx.events.log(STAGE, f"{len(found.packages)} {found.manager} packages installed ({found.os_id} {found.os_version})")
+    return len(found.packages)
 
 
 def _sync_clock(vm: Machine) -> None:

@@ -48,6 +48,16 @@ class Artifact(BaseModel):
     compression: str | None = None
 
 
+class Attachment(BaseModel):
+    """A file beside the artifact that describes it (the SBOM, the signed provenance)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    file: str
+    sha256: str
+    media_type: str
+
+
 class StageRef(BaseModel):
     """One stage in an object's lineage: its key and, once known, its allocated bytes."""
 
@@ -87,6 +97,11 @@ class Manifest(BaseModel):
     source: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
     tools: dict[str, Any] = Field(default_factory=dict)
+    # final stage: the named inputs it was built from (`pipeline.explain.input_digests`),
+    # its SBOM and its signed provenance
+    input_digests: dict[str, str] = Field(default_factory=dict)
+    sbom: Attachment | None = None
+    provenance: Attachment | None = None
 
     @property
     def arch(self) -> str:

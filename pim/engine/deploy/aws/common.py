@@ -37,6 +37,7 @@ def tags_for(image: BuiltImage, target: AwsTarget) -> dict[str, str]:
     if image.sha256:
         tags["pim:sha256"] = image.sha256
     tags.update({f"pim:lineage:{stage}": value[:256] for stage, value in image.lineage_tags.items()})
+    tags.update({f"pim:{name}": digest for name, digest in image.attestation_digests.items()})
     tags.update(target.tags)
     return tags
 

@@ -46,6 +46,7 @@ def vm_name(image: BuiltImage) -> str:
 def description(image: BuiltImage, upload: str) -> str:
     lines = [f"PIM image {image.name}", f"key: {image.key}", f"sha256: {image.sha256}", f"upload: {upload}"]
     lines += [f"lineage.{stage}: {value}" for stage, value in image.lineage_tags.items()]
+    lines += [f"{name}: sha256 {digest}" for name, digest in image.attestation_digests.items()]
     return "\n".join(lines)
 
 

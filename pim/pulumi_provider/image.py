@@ -11,6 +11,7 @@ builds it again; Delete keeps the cached artifact unless `delete_artifact` is se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,21 @@ def timeout(props: dict[str, Any], op: str) -> float | None:
     return float(value) if value else None
 
 
+def _changed_inputs(olds: dict[str, Any], digests: dict[str, str], store: Any, name: str) -> list[str]:
+    """The property paths (`input_digests["<input>"]`) of the inputs that changed since
+    the build in the state, said in the engine log too; none when it recorded none."""
+    from pim.engine.pipeline.explain import recorded_inputs, reasons
+
+    recorded = olds.get("input_digests") or recorded_inputs(store, str(olds.get("content_key") or ""))
+    if not recorded:
+        return []
+    why = reasons(dict(recorded), digests)
+    if why:
+        worker.pulumi_log("info", f"pim.Image {name}: rebuild: {'; '.join(why)}")
+    changed = [n for n in dict.fromkeys([*digests, *recorded]) if recorded.get(n) != digests.get(n)]
+    return ["input_digests[" + json.dumps(n) + "]" for n in changed]  # a property path, quotes escaped
+
+
 class ImageProvider(ResourceProvider):
     # Nothing secret is captured in the pickled provider: keep it readable in the state.
     serialize_as_secret_always = False
@@ -62,12 +78,15 @@ class ImageProvider(ResourceProvider):
         unknown = unknown_keys(news, IMAGE_KEY_INPUTS)
         if unknown:  # a preview with inputs from resources not made yet
             return DiffResult(changes=True, replaces=unknown)
-        from pim.engine.pipeline.build import content_keys
+        from pim.engine.pipeline.build import current_inputs
 
         cfg, name = image_config(news)
-        if content_keys(cfg, name, open_store())["final"] != olds.get("content_key"):
+        store = open_store()
+        keys, digests = current_inputs(cfg, name, store)
+        if keys.final != olds.get("content_key"):
             # A new key is a new store object: creating it before deleting the old one is safe.
-            return DiffResult(changes=True, replaces=["content_key"], delete_before_replace=False)
+            return DiffResult(changes=True, replaces=["content_key", *_changed_inputs(olds, digests, store, name)],
+                              delete_before_replace=False)
         old, new = _echo(olds), _echo(news)
         changed = [k for k in ("tags", "delete_artifact") if old[k] != new[k]]
         return DiffResult(changes=bool(changed), replaces=[])

@@ -25,7 +25,8 @@ UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 # pim.Image
 IMAGE_KEY_INPUTS = ("config", "spec", "base_dir", "image", "ssh_password")
 IMAGE_OUTPUTS = ("content_key", "stage_keys", "path", "sha256", "size", "virtual_size", "format", "compression",
-                 "arch", "firmware", "manifest_path", "created", "built_on")
+                 "arch", "firmware", "manifest_path", "created", "built_on", "sbom_path", "provenance_path",
+                 "input_digests")
 
 # pim.Deployment
 DEPLOYMENT_KEY_INPUTS = ("image_name", "image_key", "manifest_path", "image_sha256", "target", "config", "base_dir",

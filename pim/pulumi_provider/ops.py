@@ -31,9 +31,14 @@ def build(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
     password = cfg.images[name].ssh.password
     if password is not None:
         events.add_secret(password.get_secret_value())
-    result = builders.build(cfg, name, events, store=open_store(), builders=builders.load(cfg),
+    from pim.engine.pipeline.build import current_inputs
+
+    store = open_store()
+    result = builders.build(cfg, name, events, store=store, builders=builders.load(cfg),
                             remote=open_remote(cfg), override=job.get("builder"), fetch=True)
-    return image_outputs(result.manifest_path) | {"cached": result.cached, "built_on": result.builder}
+    # The inputs named as this config names them (the object may have been built under other file names).
+    return image_outputs(result.manifest_path) | {"cached": result.cached, "built_on": result.builder,
+                                                  "input_digests": current_inputs(cfg, name, store)[1]}
 
 
 # ---------------------------------------------------------------- pim.Deployment

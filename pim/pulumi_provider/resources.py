@@ -54,7 +54,9 @@ def _absolute(value: Any) -> Any:
 
 class Image(Resource, module="pim", name="Image"):
     """A PIM image build. Outputs: content_key, stage_keys, path (the qcow2), sha256, size,
-    virtual_size, format, compression, arch, firmware, manifest_path, created, built_on
+    virtual_size, format, compression, arch, firmware, manifest_path, created, built_on,
+    sbom_path (CycloneDX JSON), provenance_path (DSSE-signed SLSA provenance), input_digests
+    (the named inputs it was built from; a replacement names the ones that changed)
     (local, or the builder that built it)."""
 
     content_key: pulumi.Output[str]
@@ -70,6 +72,9 @@ class Image(Resource, module="pim", name="Image"):
     manifest_path: pulumi.Output[str]
     created: pulumi.Output[str]
     built_on: pulumi.Output[str]
+    sbom_path: pulumi.Output[str]
+    provenance_path: pulumi.Output[str]
+    input_digests: pulumi.Output[dict]
     image: pulumi.Output[str]
     tags: pulumi.Output[dict]
 

@@ -97,7 +97,8 @@ def run(query: dict[str, str], events: Any) -> dict[str, str]:
                                 remote=open_remote(cfg), override=query.get("builder"), fetch=True)
     else:
         result = found
-    out = {k: v for k, v in image_outputs(result.manifest_path).items() if k not in ("stage_keys", "created")}
+    out = {k: v for k, v in image_outputs(result.manifest_path).items()
+           if k not in ("stage_keys", "created", "input_digests")}
     out = {"image": name, "key": out.pop("content_key")} | out | {"built_on": result.builder}
     if target is not None:
         out |= _deployment(query, cfg, target, result, building, events)

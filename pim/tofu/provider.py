@@ -43,6 +43,11 @@ IMAGE_OUTPUTS = (
     _out("firmware", "bios or uefi"),
     _out("manifest_path", "The build's manifest (inputs, lineage, timings)"),
     _out("built_on", "Where it was built: local, or the name of the builder that built it"),
+    _out("sbom_path", "The build's SBOM (CycloneDX 1.5 JSON) beside the qcow2"),
+    _out("provenance_path", "The build's SLSA provenance, a DSSE envelope signed with PIM's key "
+                            "(`pim images verify` checks it)"),
+    _out("input_digests", "The named inputs the build hashes (files by content digest, settings by value); "
+                          "a plan shows the ones that changed and says why the image is replaced", MAP),
 )
 IMAGE_SCHEMA = Schema((_in("config", "Path to pim.yaml, relative to the working directory"),
                        _in("image", "Image name in the config"),
@@ -109,16 +114,33 @@ def _config_exists(config: dict[str, Any]) -> None:
         raise Diag(f"{config['config']}: cannot read the config: no such file", "", "config")
 
 
-def _image_attrs(manifest_path: Path) -> dict[str, Any]:
+def _image_attrs(manifest_path: Path, keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The attributes a build shows; `keep`'s input_digests, when it has them, over the manifest's."""
     from pim.engine.pipeline.build import image_outputs
 
     out = image_outputs(manifest_path)
-    return {k: out[k] for k in ("path", "sha256", "size", "format", "arch", "firmware", "manifest_path")} | {
-        "id": out["content_key"], "key": out["content_key"]}
+    if keep and isinstance(keep.get("input_digests"), dict):
+        out["input_digests"] = keep["input_digests"]
+    keep = ("path", "sha256", "size", "format", "arch", "firmware", "manifest_path", "sbom_path", "provenance_path",
+            "input_digests")
+    return {k: out[k] for k in keep} | {"id": out["content_key"], "key": out["content_key"]}
 
 
 def _known(values: dict[str, Any], *names: str) -> bool:
     return all(values.get(n) is not cty.UNKNOWN and values.get(n) is not None for n in names)
+
+
+def _rebuild_warning(image: str, prior: dict[str, Any], digests: dict[str, str]) -> list[Diag]:
+    """A plan-time warning naming the inputs that changed since the build in the state."""
+    from pim.engine.pipeline.explain import reasons, recorded_inputs
+
+    recorded = prior.get("input_digests") or recorded_inputs(_store(), str(prior.get("key") or ""))
+    if not recorded:
+        return [Diag(f"pim_image {image}: its inputs changed; the build in the state recorded none to compare "
+                     "with (built by an older PIM)", warning=True)]
+    why = reasons(dict(recorded), digests)
+    return [Diag(f"pim_image {image} is rebuilt: {why[0]}" + (f" (+{len(why) - 1} more)" if len(why) > 1 else ""),
+                 "\n".join(why), "input_digests", warning=True)]
 
 
 class ImageResource(Resource):
@@ -130,19 +152,22 @@ class ImageResource(Resource):
     def plan(self, prior: dict[str, Any] | None, proposed: dict[str, Any], config: dict[str, Any]) -> Plan:
         if not _known(proposed, "config", "image"):
             return Plan(self.schema.unknown_computed(proposed), ["key"] if prior else [])
-        from pim.engine.pipeline.build import content_keys
+        from pim.engine.pipeline.build import current_inputs
         from pim.engine.errors import PimError
 
         cfg = _Config.load(proposed)
         try:
-            key = content_keys(cfg, proposed["image"], _store())["final"]
+            keys, digests = current_inputs(cfg, proposed["image"], _store())
         except PimError as e:
             raise _errors(e) from None
+        key = keys.final
         if prior is not None and prior.get("key") == key:  # where it would be built changes nothing
             return Plan(prior | {k: proposed.get(k) for k in ("config", "image", "builder")})
-        # A build is not bit-for-bit reproducible: everything but the key is known after apply.
-        planned = self.schema.unknown_computed(proposed) | {"key": key, "id": key}
-        return Plan(planned, ["key"] if prior is not None else [])
+        # A build is not bit-for-bit reproducible: everything but the key and the inputs is known after apply.
+        planned = self.schema.unknown_computed(proposed) | {"key": key, "id": key, "input_digests": digests}
+        if prior is None:
+            return Plan(planned)
+        return Plan(planned, ["key", "input_digests"], _rebuild_warning(proposed["image"], prior, digests))
 
     def create(self, planned: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         from pim.engine import builders
@@ -160,7 +185,9 @@ class ImageResource(Resource):
                                     remote=open_remote(cfg), override=planned.get("builder"), fetch=True)
         except PimError as e:
             raise _errors(e, "builder" if isinstance(e, RoutingError) else "image", events) from None
-        return planned | _image_attrs(result.manifest_path) | {"built_on": result.builder}
+        # The planned input map stands: the object may be one built under other file names
+        # (a renamed script of the same content), and the result must match the plan.
+        return planned | _image_attrs(result.manifest_path, planned) | {"built_on": result.builder}
 
     def read(self, state: dict[str, Any]) -> dict[str, Any] | None:
         manifest = Path(state.get("manifest_path") or "/nonexistent")
@@ -168,7 +195,7 @@ class ImageResource(Resource):
             print(f"[WARN] pim: the build {str(state.get('key'))[:16]} is gone from PIM's cache: "
                   "it will be built again", file=sys.stderr, flush=True)
             return None
-        return state | _image_attrs(manifest)
+        return state | _image_attrs(manifest, state)
 
     def import_state(self, id: str) -> dict[str, Any]:
         """id: CONFIG:IMAGE, e.g. `pim.yaml:debian-12` (the image's newest build)."""

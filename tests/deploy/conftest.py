@@ -42,7 +42,8 @@ def make_disk(folder: Path, name: str, virtual_size: int, writes: list[tuple[int
     digest = hashlib.sha256(qcow2.read_bytes()).hexdigest() if qcow2.stat().st_size < 64 * MIB else _sha256(qcow2)
     key = hashlib.sha256(f"{name}:{secrets.token_hex(8)}".encode()).hexdigest()
     lineage = lineage or {"iso": "ab" * 32, "install": {"key": "cd" * 32}, "final": {"key": key}}
-    built = BuiltImage(name, key, qcow2, digest, qcow2.stat().st_size, virtual_size, "x86_64", firmware, lineage)
+    built = BuiltImage(name, key, qcow2, digest, qcow2.stat().st_size, virtual_size, "x86_64", firmware, lineage,
+                       "5b" * 32, "9a" * 32)
     return Disk(built, raw)
 
 

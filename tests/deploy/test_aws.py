@@ -59,6 +59,9 @@ def test_every_block_round_trips_and_zero_blocks_are_not_sent(aws: str, disk: Di
     tags = {t["Key"]: t["Value"] for t in ami["Tags"]}
     assert tags["pim:key"] == disk.image.key and tags["pim:image"] == "demo"
     assert tags["pim:lineage:iso"] == "ab" * 32 and tags["pim:lineage:install"] == "cd" * 32
+    assert tags["pim:sbom"] == "5b" * 32 and tags["pim:provenance"] == "9a" * 32
+    snapshot = boto(aws, "ec2").describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]
+    assert {t["Key"]: t["Value"] for t in snapshot["Tags"]}["pim:provenance"] == "9a" * 32
 
 
 def test_compressed_qcow2_round_trips(aws: str, tmp_path: Path, events: Recorder) -> None:

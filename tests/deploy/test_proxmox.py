@@ -36,6 +36,7 @@ def test_pve_84_uploads_import_content_and_makes_a_template(pve: Any, pve_env: s
     assert config["ide2"] == "local-lvm:cloudinit"
     assert config["serial0"] == "socket" and config["agent"] == "enabled=1"
     assert f"pim-{disk.image.key}" in config["tags"].split(";")
+    assert f"provenance: sha256 {'9a' * 32}" in config["description"].splitlines()
     assert pve.schema_errors == []
     assert pve_env not in events.text()
 

@@ -17,7 +17,7 @@ from pim.engine.config.spec import parse_config
 
 KEY = "0123456789abcdef" * 4
 IMAGE = BuiltImage("web_1", KEY, Path("/x/disk.qcow2"), "fe" * 32, 1000, 8 << 30, "x86_64", "bios",
-                   {"iso": "ab" * 32, "install": {"key": "cd" * 32}, "final": {"key": KEY}})
+                   {"iso": "ab" * 32, "install": {"key": "cd" * 32}, "final": {"key": KEY}}, "5b" * 32, "9a" * 32)
 PVE = ProxmoxTarget(type="proxmox", api_url="https://pve.example:8006", node="pve1", storage="local-lvm",
                     token_id="pim@pve!deploy")
 
@@ -90,6 +90,8 @@ def test_vm_parameters_bios_x86() -> None:
         "scsi0": "local-lvm:0,import-from=local:import/x.qcow2,discard=on,iothread=1,ssd=1",
         "boot": "order=scsi0", "ide2": "local-lvm:cloudinit"}
     assert proxmox.uploads_in(desc) == ["local:import/x.qcow2"] and f"key: {KEY}" in desc
+    # the template says which SBOM and provenance describe it
+    assert f"sbom: sha256 {'5b' * 32}" in desc.splitlines() and f"provenance: sha256 {'9a' * 32}" in desc.splitlines()
 
 
 def test_vm_parameters_uefi_and_arm64() -> None:
@@ -116,6 +118,9 @@ def test_aws_names_and_tags() -> None:
     tags = aws.tags_for(IMAGE, target)
     assert tags["pim:key"] == KEY and tags["pim:image"] == "web_1" and tags["team"] == "infra"
     assert tags["pim:lineage:iso"] == "ab" * 32 and tags["pim:lineage:install"] == "cd" * 32
+    assert tags["pim:sbom"] == "5b" * 32 and tags["pim:provenance"] == "9a" * 32
+    untagged = BuiltImage(**{**IMAGE.__dict__, "sbom_sha256": "", "provenance_sha256": ""})
+    assert not {"pim:sbom", "pim:provenance"} & set(aws.tags_for(untagged, target))
     assert all(len(v) <= 256 for v in tags.values())
     assert aws.volume_gib(8 << 30) == 8 and aws.volume_gib((8 << 30) + 1) == 9 and aws.volume_gib(1) == 1
 

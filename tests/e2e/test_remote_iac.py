@@ -37,6 +37,9 @@ resource "pim_image" "e2e" {
 output "built_on" { value = pim_image.e2e.built_on }
 output "path" { value = pim_image.e2e.path }
 output "key" { value = pim_image.e2e.key }
+output "sbom_path" { value = pim_image.e2e.sbom_path }
+output "provenance_path" { value = pim_image.e2e.provenance_path }
+output "manifest_path" { value = pim_image.e2e.manifest_path }
 """
 
 
@@ -74,6 +77,14 @@ def test_terraform_builds_on_the_builder_and_stop_provider_stops_it(
     assert (host.cache / "objects" / out["key"]["value"]).is_dir(), "built on the builder"
     assert "No changes" in tf("plan").stdout
     assert PASSWORD not in (tmp_path / "terraform.tfstate").read_text()
+    # the SBOM and the signed provenance came back with the artifact; neither holds the password
+    from pim.engine.provenance.signing import payload_of
+
+    texts = {attr: Path(out[attr]["value"]).read_text() for attr in ("sbom_path", "provenance_path", "manifest_path")}
+    texts["statement"] = json.dumps(payload_of(json.loads(texts["provenance_path"])))
+    assert all(Path(out[a]["value"]).parent == Path(out["path"]["value"]).parent for a in ("sbom_path", "provenance_path"))
+    assert "components" in texts["sbom_path"] and "resolvedDependencies" in texts["statement"]
+    assert not [name for name, text in texts.items() if PASSWORD in text]
 
     # Ctrl-C during a remote build: StopProvider ends it on the builder too
     remote_config(tmp_path / "pim", fixture_iso, host, vars={"extra": f"# {uuid.uuid4().hex}"})

@@ -114,7 +114,11 @@ def test_a_second_plan_has_no_changes(tf: Terraform) -> None:
 
 def test_a_script_edit_plans_a_replacement_of_the_image_and_its_deployment(tf: Terraform) -> None:
     (tf.workdir / "pim/provision.sh").write_text(SCRIPT_V2)
-    out = tf("plan", "-detailed-exitcode", ok=(2,)).stdout
+    proc = tf("plan", "-detailed-exitcode", ok=(2,))
+    out = proc.stdout
+    # the plan says which input changed: on the attribute, and in a warning
+    assert re.search(r'~ "provision: provision.sh content"\s+= "[0-9a-f]{64}" -> "[0-9a-f]{64}"', out), out
+    assert "pim_image e2e is rebuilt: provision: provision.sh content changed" in out + proc.stderr
     assert "pim_image.e2e must be replaced" in out and "pim_deployment.ami must be replaced" in out
     assert re.search(r'~ key .*# forces replacement', out), out
     assert "Plan: 2 to add, 0 to change, 2 to destroy" in out

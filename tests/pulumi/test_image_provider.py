@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,22 @@ def test_diff_replaces_when_a_referenced_script_changes(project: Project) -> Non
     outs = created(project)
     (project.folder / "scripts" / "setup.sh").write_text("echo something else\n")
     diff = P.diff(project.key, outs, project.image_inputs())
-    assert diff.changes is True and diff.replaces == ["content_key"] and diff.delete_before_replace is False
+    assert diff.changes is True and diff.delete_before_replace is False
+    # the replacement names the input that changed, as a path into the input_digests output
+    assert diff.replaces == ["content_key", 'input_digests["provision: scripts/setup.sh content"]']
+    assert outs["input_digests"]["provision: scripts/setup.sh content"] == hashlib.sha256(b"echo setting up\n").hexdigest()
+
+
+@pytest.mark.parametrize("name, new, changed", [
+    ("installer.iso", "another ISO", "install: ISO sha256"),
+    ("answer.txt", "hostname={{ hostname }}\n", "install: answer template answer.txt content"),
+])
+def test_diff_names_a_changed_iso_or_answer_template(project: Project, name: str, new: str, changed: str,
+                                                     capfd: pytest.CaptureFixture) -> None:
+    outs = created(project)
+    (project.folder / name).write_text(new)
+    assert P.diff(project.key, outs, project.image_inputs()).replaces == ["content_key", f'input_digests["{changed}"]']
+    assert f"rebuild: {changed} changed" in capfd.readouterr().err
 
 
 def test_diff_ignores_what_cannot_change_the_bytes(project: Project) -> None:
@@ -102,7 +118,8 @@ def test_diff_ignores_what_cannot_change_the_bytes(project: Project) -> None:
 
 def test_diff_a_new_ssh_password_is_a_new_image(project: Project) -> None:
     outs = created(project)
-    assert P.diff(project.key, outs, project.image_inputs(ssh_password="hunter22")).replaces == ["content_key"]
+    assert P.diff(project.key, outs, project.image_inputs(ssh_password="hunter22")).replaces == [
+        "content_key", 'input_digests["install: SSH password"]']
 
 
 def test_diff_tags_update_in_place(project: Project) -> None:

@@ -101,3 +101,45 @@ def test_a_filesystem_mirror_made_by_pim_tofu_mirror_installs_the_provider(tmp_p
     assert "Installing pim.invalid/pim/pim v0.1.0" in init.stdout
     plan = subprocess.run([str(TERRAFORM), "plan", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert plan.returncode == 1 and "missing.yaml" in plan.stderr and "cannot read the config" in plan.stderr
+
+
+IMAGE_TF = (
+    'terraform {\n  required_providers {\n    pim = { source = "pim.invalid/pim/pim" }\n  }\n}\n'
+    'resource "pim_image" "web" {\n  config = "pim.yaml"\n  image  = "web"\n}\n')
+
+
+@needs_terraform
+@pytest.mark.parametrize("name, new, changed", [
+    ("scripts/setup.sh", "echo something else\n", "provision: scripts/setup.sh content"),
+    ("installer.iso", "another ISO", "install: ISO sha256"),
+    ("answer.txt", "hostname={{ hostname }}\n", "install: answer template answer.txt content"),
+])
+def test_a_plan_names_the_changed_input_and_replaces_on_it(tmp_path: Path, name: str, new: str, changed: str) -> None:
+    """A build in the store (seeded: no QEMU), imported into the state; then one input
+    changes and the plan replaces the image on `input_digests`, showing that entry
+    old -> new, with a warning that names it."""
+    import re
+
+    from pim.engine.config.spec import load_config
+    from pim.engine.store.objects import Store
+    from tests.helpers import MINIMAL_FILES, minimal_image, write_config
+    from tests.pulumi.seed import seed_build
+
+    image = minimal_image(provision=[{"type": "shell", "script": "scripts/setup.sh"}])
+    config = write_config(tmp_path, {"web": image}, {**MINIMAL_FILES, "scripts/setup.sh": "echo setting up\n"})
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"a stand-in for the artifact")
+    cache = tmp_path / "cache"
+    key = seed_build(load_config(config), "web", cache, disk, 1 << 30)
+    Store(cache).set_ref("web", key, {})
+    (tmp_path / "main.tf").write_text(IMAGE_TF)
+    tf = Terraform(tmp_path, tmp_path / "sandbox", {"PIM_CACHE_DIR": str(cache)})
+    tf("import", "pim_image.web", "pim.yaml:web")
+    assert "No changes." in tf("plan", "-detailed-exitcode", ok=(0,)).stdout
+    (tmp_path / name).write_text(new)
+    proc = tf("plan", "-detailed-exitcode", ok=(2,))
+    out = proc.stdout + proc.stderr
+    assert "pim_image.web must be replaced" in out
+    assert re.search(r"~ input_digests\s+= \{ # forces replacement", out), out
+    assert re.search(rf'~ "{re.escape(changed)}"\s+= "[^"]+" -> "[^"]+"', out), out
+    assert f"Warning: pim_image web is rebuilt: {changed} changed" in out

@@ -64,6 +64,7 @@ class Diags(Exception):
 class Plan:
     state: dict[str, Any] | None
     replace: list[str] = field(default_factory=list)  # attributes whose change forces a replacement
+    warnings: list[Diag] = field(default_factory=list)  # shown with the plan (Diag(..., warning=True))
 
 
 class Resource:

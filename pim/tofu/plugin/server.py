@@ -187,6 +187,7 @@ class Service:
         resp.planned_state.CopyFrom(_dv(plan.state, r.schema))
         for name in plan.replace:
             resp.requires_replace.add().steps.add(attribute_name=name)
+        resp.diagnostics.extend(_diagnostics(plan.warnings))
 
     def ApplyResourceChange(self, req: Any, resp: Any) -> None:
         r = self._kind(req.type_name)

@@ -62,6 +62,11 @@ def test_create_builds_the_image_and_reports_progress(created: dict, servers: tu
     manifest = json.loads(Path(outs["manifest_path"]).read_text())
     assert manifest["artifact"]["sha256"] == outs["sha256"] == file_digest(Path(outs["path"]))
     assert [s["step"] for s in manifest["stages"]["provision"]["steps"]] == ["pulumi-marker"]
+    # the SBOM and the signed provenance are outputs, beside the image, as the manifest names them
+    for attr, field in (("sbom_path", "sbom"), ("provenance_path", "provenance")):
+        assert Path(outs[attr]).parent == Path(outs["path"]).parent
+        assert file_digest(Path(outs[attr])) == manifest[field]["sha256"]
+    assert outs["input_digests"]["provision: step 1 (pulumi-marker) inline script content"].startswith("hmac-sha256:")
     log = servers[0].log
     for line in ("pim.Image e2e: provision started", "step 1:pulumi-marker", "pim.Image e2e: final done"):
         assert line in log, line
@@ -102,6 +107,8 @@ def test_deploy_the_build_as_an_ami_and_delete_it(created: dict, servers: tuple,
     image = ec2.describe_images(ImageIds=[id_])["Images"][0]
     tags = {t["Key"]: t["Value"] for t in image["Tags"]}
     assert tags["pim:key"] == created["id"] and tags["suite"] == "e2e"
+    manifest = json.loads(Path(created["outs"]["manifest_path"]).read_text())
+    assert tags["pim:sbom"] == manifest["sbom"]["sha256"] and tags["pim:provenance"] == manifest["provenance"]["sha256"]
     blocks = boto(moto_url, "ebs").list_snapshot_blocks(SnapshotId=outs["snapshot_id"])["Blocks"]
     assert blocks, "the snapshot holds the image's data"
     assert s.diff("ami", id_, outs, checked).none

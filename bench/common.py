@@ -7,11 +7,15 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Builds sign their provenance with a key kept in PIM's config directory: benchmarks
+# make theirs in a folder of their own, never in the user's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="pim-bench-config-")
 
 from tests.e2e.conftest import FIXTURE_CACHE, make_config  # noqa: E402
 

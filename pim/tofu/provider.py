@@ -138,7 +138,7 @@ def _rebuild_warning(image: str, prior: dict[str, Any], digests: dict[str, str])
     if not recorded:
         return [Diag(f"pim_image {image}: its inputs changed; the build in the state recorded none to compare "
                      "with (built by an older PIM)", warning=True)]
-    why = reasons(dict(recorded), digests)
+    why = reasons(dict(recorded), digests) or ["an input PIM does not name changed (or PIM's own version)"]
     return [Diag(f"pim_image {image} is rebuilt: {why[0]}" + (f" (+{len(why) - 1} more)" if len(why) > 1 else ""),
                  "\n".join(why), "input_digests", warning=True)]
 

@@ -51,9 +51,10 @@ _BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 # EC2 tags (EC2 User Guide, "Tag restrictions"): a key of 1..128 characters, a value of
 # up to 256, any characters in EC2, 50 tags a resource; keys starting with aws: (any case)
-# are AWS's own. PIM writes at most 10 tags of its own (Name, pim:key, pim:image,
-# pim:sha256 and one per lineage stage), so 40 are left for the config.
-AWS_TAG_KEY_MAX, AWS_TAG_VALUE_MAX, AWS_TAGS_MAX, PIM_TAGS_MAX = 128, 256, 50, 10
+# are AWS's own. PIM writes at most 12 tags of its own (Name, pim:key, pim:image,
+# pim:sha256, one per lineage entry (iso, install, provision, final), pim:sbom,
+# pim:provenance, pim:snapshot on the AMI, and one to spare), so 38 are left for the config.
+AWS_TAG_KEY_MAX, AWS_TAG_VALUE_MAX, AWS_TAGS_MAX, PIM_TAGS_MAX = 128, 256, 50, 12
 # Root volume types PIM can register: io1/io2 need provisioned IOPS (RegisterImage's
 # EbsBlockDevice.Iops, which PIM does not set) and st1/sc1 cannot be boot volumes
 # (EBS User Guide, "Amazon EBS volume types").

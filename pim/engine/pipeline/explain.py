@@ -23,6 +23,8 @@ import json
 from pim.engine.config.spec import FileStep, ImageSpec
 
 IMAGE_STAGES = ("install", "provision", "final")
+KEYED = "hmac-sha256:"
+SALT_ID = "install: keyed-hash salt id"  # which salt the keyed entries are under
 _SKIP = {"stage", "install", "provision"}  # the stage's name and the key it is built on
 
 
@@ -38,6 +40,11 @@ class _Namer:
     def path(self, path: str | None) -> str:
         return self.names.get(str(path), str(path))
 
+    def keyed(self, obj: Any) -> str:
+        """`hmac-sha256:<hex>` of obj as sorted compact JSON, under the salt."""
+        blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return KEYED + hmac.new(self.salt, blob, hashlib.sha256).hexdigest()
+
     def value(self, obj: Any) -> str:
         if obj is None or isinstance(obj, bool):
             return str(obj).lower()
@@ -45,8 +52,7 @@ class _Namer:
             return str(obj)
         if isinstance(obj, str) and len(obj) <= 64 and "\n" not in obj:
             return obj
-        blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        return "hmac-sha256:" + hmac.new(self.salt, blob, hashlib.sha256).hexdigest()
+        return self.keyed(obj)
 
 
 def _install(spec: ImageSpec, inputs: dict[str, Any], n: _Namer) -> dict[str, str]:
@@ -89,7 +95,7 @@ def _provision(spec: ImageSpec, inputs: dict[str, Any], n: _Namer) -> dict[str, 
         elif step.script is not None:
             label, content = f"provision: {n.path(step.script)}", rest.pop("script")
         else:
-            label, content = f"provision: step {index} ({step.label}) inline script", n.value(rest.pop("inline"))
+            label, content = f"provision: step {index} ({step.label}) inline script", n.keyed(rest.pop("inline"))
         if f"{label} content" in out:  # the same file in two steps
             label = f"{label} (step {index})"
         labels.append(label.removeprefix("provision: "))
@@ -130,15 +136,21 @@ def input_digests(spec: ImageSpec, inputs: dict[str, dict[str, Any]], salt: byte
     """
     n = _Namer(salt, names)
     return {**_install(spec, inputs["install"], n), **_provision(spec, inputs["provision"], n),
-            **_final(inputs["final"], n)}
+            **_final(inputs["final"], n), SALT_ID: n.keyed("salt id")[len(KEYED):][:16]}
 
 
 def reasons(old: dict[str, str], new: dict[str, str], stage: str | None = None) -> list[str]:
     """What differs between two input maps (of `stage` only, when given), in the map's
-    order: `<name> changed`, `<name> added`, `<name> removed`."""
-    out = []
+    order: `<name> changed`, `<name> added`, `<name> removed`. Maps recorded under
+    another salt (another machine's store) cannot compare their keyed entries: those
+    are left out, and the last reason says so."""
+    other_salt = SALT_ID in old and old.get(SALT_ID) != new.get(SALT_ID)
+    out, skipped = [], False
     for name in [*new, *(n for n in old if n not in new)]:
-        if stage is not None and not name.startswith(f"{stage}: "):
+        if name == SALT_ID or (stage is not None and not name.startswith(f"{stage}: ")):
+            continue
+        if other_salt and (old.get(name, "").startswith(KEYED) or new.get(name, "").startswith(KEYED)):
+            skipped = skipped or old.get(name) != new.get(name)
             continue
         if name not in old:
             out.append(f"{name} added")
@@ -146,6 +158,8 @@ def reasons(old: dict[str, str], new: dict[str, str], stage: str | None = None) 
             out.append(f"{name} removed")
         elif old[name] != new[name]:
             out.append(f"{name} changed")
+    if skipped:
+        out.append("settings kept as keyed hashes were recorded under another store's salt and are not compared")
     return out
 
 

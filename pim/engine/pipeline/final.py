@@ -44,7 +44,8 @@ def run_final(ctx: BuildContext, provision: StageOutput, disk: Path) -> StageRes
     qemu = img.qemu_version(ctx.spec.arch.value)
     # The spec as given: pydantic's SecretStr masks secrets, the registry the rest.
     spec = ctx.events.redact_json(ctx.spec.model_dump(mode="json"))
-    digests = input_digests(ctx.spec, ctx.keys.inputs, ctx.salt, ctx.path_names)
+    # masked as a backstop: every value is already a digest, a keyed hash or a short setting
+    digests = ctx.events.redact_json(input_digests(ctx.spec, ctx.keys.inputs, ctx.salt, ctx.path_names))
     extra: dict[str, Any] = {
         "pim_version": pim.__version__,
         "source": {"iso": ctx.spec.source.iso, "sha256": ctx.iso_sha256},

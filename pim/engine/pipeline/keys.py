@@ -183,7 +183,10 @@ def _step_inputs(cfg: Config, step: ShellStep | FileStep) -> dict[str, Any]:
 
 def guest_files() -> dict[str, str]:
     """Digests of the text PIM writes into every build guest."""
-    return {"generalize": text_digest(guestfiles.GENERALIZE), "step_prelude": text_digest(guestfiles.STEP_PRELUDE)}
+    from pim.engine.provenance.packages import QUERY
+
+    return {"generalize": text_digest(guestfiles.GENERALIZE), "step_prelude": text_digest(guestfiles.STEP_PRELUDE),
+            "package_query": text_digest(QUERY)}
 
 
 def provision_inputs(cfg: Config, spec: ImageSpec, install_key: str) -> dict[str, Any]:

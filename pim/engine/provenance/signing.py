@@ -48,7 +48,11 @@ def signer() -> Any:
     from cryptography.hazmat.primitives import serialization
     from securesystemslib.signer import CryptoSigner
 
-    path = key_path()
+    try:
+        path = key_path()
+    except RuntimeError:  # no HOME to find the config directory in
+        raise InputError(f"no home directory to keep PIM's signing key in: set {ENV} to a PEM private key "
+                         "or XDG_CONFIG_HOME to a writable folder") from None
     if not path.exists():
         if os.environ.get(ENV):
             raise InputError(f"{ENV}={path}: no such file; point it at a PEM private key, or unset it to "

@@ -97,6 +97,7 @@ def test_vm_parameters_bios_x86() -> None:
 def test_vm_parameters_uefi_and_arm64() -> None:
     uefi = proxmox.vm_params(BuiltImage(**{**IMAGE.__dict__, "firmware": "uefi"}), PVE, 100, None, "ssh:/x")
     assert uefi["bios"] == "ovmf" and uefi["machine"] == "q35" and uefi["efidisk0"].startswith("local-lvm:1,")
+    assert uefi["scsi1"] == "local-lvm:cloudinit" and "ide2" not in uefi  # q35 guests see SCSI, not always IDE
     assert "scsi0" not in uefi and "boot" not in uefi  # attached after qm importdisk
     arm = proxmox.vm_params(BuiltImage(**{**IMAGE.__dict__, "arch": "aarch64", "firmware": "uefi"}), PVE, 100,
                             "v", "v")

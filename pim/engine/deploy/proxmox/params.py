@@ -79,8 +79,11 @@ def vm_params(image: BuiltImage, target: ProxmoxTarget, vmid: int, import_from: 
     if import_from is not None:
         params["scsi0"] = f"{target.storage}:0,import-from={import_from},{disk_options(target)}"
         params["boot"] = "order=scsi0"
-    # aarch64 guests have no IDE bus; x86 keeps the usual ide2 for the cloud-init drive.
-    params["scsi1" if image.arch == "aarch64" else "ide2"] = f"{target.storage}:cloudinit"
+    # The cloud-init drive goes where the guest finds it: on SCSI for UEFI guests (q35
+    # has no legacy IDE bus, and guests on it often do not see an ide2 drive:
+    # packer-plugin-proxmox#74, bpg/terraform-provider-proxmox#575) and for aarch64 (no
+    # IDE at all); on the usual ide2 for i440fx/SeaBIOS guests.
+    params["scsi1" if uefi else "ide2"] = f"{target.storage}:cloudinit"
     if image.arch == "aarch64":
         params["arch"] = "aarch64"
     if uefi:

@@ -115,9 +115,23 @@ _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", 
 
 
 @pytest.fixture
-def aws(moto_url: str) -> str:
-    """The session's moto server. Not reset between tests (that costs seconds per region):
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's moto server, with the EC2 rules moto lacks (`ec2_rules`) on every
+    client the engine makes. Not reset between tests (that costs seconds per region):
     every test's build has its own random key, and tests look only at their own resources."""
+    from pim.engine.deploy.aws.common import Clients
+    from tests.deploy.ec2_rules import client_token_rule
+
+    made = Clients.get
+
+    def get(self: Clients, service: str, region: str) -> Any:
+        new = (service, region) not in self._cache
+        client = made(self, service, region)
+        if new and service == "ec2":
+            client_token_rule(client)
+        return client
+
+    monkeypatch.setattr(Clients, "get", get)
     return moto_url
 
 

@@ -107,6 +107,23 @@ def test_exists_reports_drift_and_deploy_repairs_only_what_is_missing(aws: str, 
     assert again.created is True
     assert again.resources["regions"]["us-east-1"] == first.resources["regions"]["us-east-1"]
     assert again.resources["regions"]["eu-west-1"]["ami"] != first.resources["regions"]["eu-west-1"]["ami"]
+    repaired = boto(aws, "ec2", "eu-west-1").describe_images(ImageIds=[again.resources["regions"]["eu-west-1"]["ami"]])
+    assert repaired["Images"][0]["State"] == "available"
+
+
+def test_the_fake_answers_a_repeated_client_token_with_the_first_copy_even_when_gone(aws: str, disk: Disk,
+                                                                                      events: Recorder) -> None:
+    """What the repair above must not run into: EC2's client-token rule, kept by ec2_rules."""
+    from pim.engine.deploy.aws.common import Clients
+
+    source = aws_mod.deploy(aws_target(aws), disk.image, events.emitter).resources["regions"]["us-east-1"]["ami"]
+    ec2 = Clients(aws_target(aws)).get("ec2", "ap-south-1")
+    args = {"SourceImageId": source, "SourceRegion": "us-east-1", "Name": f"token-{disk.image.key[:8]}",
+            "ClientToken": f"fixed-{disk.image.key[:16]}"}
+    first = ec2.copy_image(**args)["ImageId"]
+    boto(aws, "ec2", "ap-south-1").deregister_image(ImageId=first)
+    assert ec2.copy_image(**args)["ImageId"] == first  # the dead copy again
+    assert ec2.copy_image(**{**args, "ClientToken": amis.copy_token(disk.image)})["ImageId"] != first
 
 
 def test_an_orphan_snapshot_of_an_interrupted_upload_is_cleaned(aws: str, disk: Disk, events: Recorder) -> None:

@@ -124,13 +124,27 @@ def register(clients: Clients, target: AwsTarget, image: BuiltImage, sid: str) -
     return ami
 
 
+def copy_token(image: BuiltImage) -> str:
+    """A new ClientToken for each CopyImage this deploy sends (at most 64 ASCII characters).
+
+    EC2 answers a token it has seen with the first request's result, even an AMI that
+    was deregistered since (EC2 API Reference, "Ensuring idempotency"): a token derived
+    from the build alone would hand a repair the copy it is repairing. botocore's
+    retries of one call resend the same token, which is what it is for; a copy made by
+    an earlier deploy is found by its name and tags (`usable`) before any copy is asked for.
+    """
+    import secrets
+
+    return f"pim-{image.key[:24]}-{secrets.token_hex(8)}"
+
+
 def copy_to(clients: Clients, target: AwsTarget, image: BuiltImage, source_ami: str, region: str) -> tuple[str, str]:
     """CopyImage into region, tagged like the source; returns (AMI id, snapshot id)."""
     ec2 = clients.get("ec2", region)
     tags = tag_list(tags_for(image, target))
     ami = ec2.copy_image(SourceImageId=source_ami, SourceRegion=target.region, Name=ami_name(image),
                          Description=f"PIM image {image.name} (key {image.key[:16]})", CopyImageTags=True,
-                         ClientToken=f"pim-{image.key[:40]}-{region}")["ImageId"]
+                         ClientToken=copy_token(image))["ImageId"]
     img: dict[str, Any] = {"ImageId": ami}
     try:
         ec2.create_tags(Resources=[ami], Tags=tags)

@@ -49,6 +49,9 @@ def test_ssh_forward_listens_on_loopback_only(tmp_path: Path) -> None:
     argv = build_argv(_cfg(tmp_path, ssh_forward=2222))
     assert _opt(argv, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]
     assert "-no-reboot" not in argv and "-kernel" not in argv
+    assert "virtio-net-pci,netdev=net0" in _opt(argv, "-device")
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:0b" in _opt(build_argv(_cfg(tmp_path, mac="52:54:00:00:00:0b")),
+                                                                     "-device")
 
 
 def test_uefi_firmware_and_arm(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ class VmConfig:
     incoming: str | None = None  # resume a saved machine state (QEMU migration URI)
     cpu: str | None = None  # -cpu; None: `cpu_model(arch, accel)`
     machine: str | None = None  # -machine type and options; None: `machine_type(arch, accel)`
+    mac: str | None = None  # the NIC's MAC address ("52:54:00:..."); None: QEMU's default
     extra: tuple[str, ...] = field(default=())
 
 
@@ -171,7 +172,7 @@ def build_argv(cfg: VmConfig) -> list[str]:
         "-drive", f"file={cfg.disk},if=none,id=disk0,format={cfg.disk_format},discard=unmap,detect-zeroes=unmap",
         "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
         "-netdev", _netdev(cfg),
-        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-net-pci,netdev=net0" + (f",mac={cfg.mac}" if cfg.mac else ""),
         "-device", "virtio-rng-pci",
     ]
     if cfg.firmware is not None:

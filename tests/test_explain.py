@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pim.engine.config.spec import load_config
-from pim.engine.pipeline.build import current_inputs
-from pim.engine.pipeline.explain import explain, explain_image, reasons
+from pim.engine.pipeline.build import current_inputs, explain_image
+from pim.engine.pipeline.explain import explain, reasons
 from pim.engine.store.objects import Store
 from tests.helpers import MINIMAL_FILES, minimal_image, write_config
 from tests.pulumi.seed import seed_build

@@ -53,7 +53,7 @@ def _explain(cfg: Any, names: list[str], json_out: bool) -> int:
     from dataclasses import asdict
 
     from pim.engine.errors import PimError
-    from pim.engine.pipeline.explain import explain_image
+    from pim.engine.pipeline.build import explain_image
 
     store, report = open_store(), {}
     for name in names:

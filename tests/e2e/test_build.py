@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from packageurl import PackageURL
 
 from pim.engine.pipeline.build import build
 from pim.engine.errors import ProvisionError
@@ -18,7 +19,6 @@ from pim.engine.config.spec import load_config
 from pim.engine.store.objects import Store
 from tests.e2e.conftest import apt_package_url, make_config
 
-PackageURL = pytest.importorskip("packageurl").PackageURL
 
 pytestmark = pytest.mark.e2e
 
@@ -129,8 +129,7 @@ def test_second_build_is_a_cache_hit_without_qemu(built, pim_cache: Path) -> Non
     assert again.cached and again.path == first.path and again.sha256 == first.sha256
     assert not any("starting QEMU" in e.message for e in events)
     # The build recorded the inputs it was made from: explain finds every stage cached.
-    from pim.engine.pipeline.build import current_inputs
-    from pim.engine.pipeline.explain import explain_image
+    from pim.engine.pipeline.build import current_inputs, explain_image
 
     assert first.manifest().input_digests == current_inputs(cfg, "e2e", Store(pim_cache))[1]
     assert [(s.stage, s.cached) for s in explain_image(cfg, "e2e", Store(pim_cache))] == [

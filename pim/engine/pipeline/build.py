@@ -2,8 +2,9 @@
 object, every object leased while the build uses it.
 
 Entry points (all take the `Store` the front end chose; none reads the environment):
-`content_keys` (keys only, never builds), `lookup` (a finished build or None),
-`build` (builds what is missing), `image_outputs` (what IaC front ends show).
+`content_keys` (keys only, never builds), `current_inputs` (keys and the named input
+map), `explain_image` (why each stage would be built), `lookup` (a finished build or
+None), `build` (builds what is missing), `image_outputs` (what IaC front ends show).
 """
 
 from __future__ import annotations
@@ -111,6 +112,21 @@ def current_inputs(cfg: Config, name: str, store: Store) -> tuple[keymod.StageKe
     spec = cfg.image(name)
     keys = _keys(cfg, spec, name, _iso_sha(cfg, spec, store), store)
     return keys, input_digests(spec, keys.inputs, keymod.store_salt(store.root))
+
+
+def explain_image(cfg: Config, name: str, store: Store) -> list[Any]:
+    """`explain.explain` for image `name` against the newest build of it in `store` (its
+    ref): a `StageExplanation` per image stage. Looks at this store only (a stage the
+    remote cache holds shows as to build) and builds and downloads nothing. Raises
+    InputError (unknown image, unreadable file) as `content_keys` does."""
+    from pim.engine.pipeline.explain import IMAGE_STAGES, explain, recorded_inputs
+
+    keys, current = current_inputs(cfg, name, store)
+    ref = store.get_ref(name)
+    newest = ref["key"] if ref else None
+    with contextlib.ExitStack() as held:
+        cached = {s: usable(store, getattr(keys, s), held) is not None for s in IMAGE_STAGES}
+    return explain(keys.as_dict(), current, recorded_inputs(store, newest) if newest else None, cached, newest)
 
 
 def lookup(cfg: Config, name: str, store: Store) -> BuildResult | None:

@@ -9,7 +9,6 @@ A context exists only once all of these are known: there is no half-built one.
 
 from __future__ import annotations
 
-import datetime
 import re
 import socket
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pim.engine.config.spec import Config, ImageSpec
 from pim.engine.events import Emitter
 from pim.engine.pipeline.keys import StageKeys
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig
+from pim.engine.store.manifest import now
 from pim.engine.store.objects import Store
 
 if TYPE_CHECKING:
@@ -46,8 +46,7 @@ class BuildContext:
     accel: str
     work: Path
     builder: str = "local"
-    started: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"))  # when the build began (UTC, ISO 8601), for its provenance
+    started: str = field(default_factory=now)  # when the build began (UTC, ISO 8601), for its provenance
     path_names: dict[str, str] = field(default_factory=dict)  # spec path -> as the user wrote it (remote builds)
     secret_salt: bytes | None = None  # the salt of keyed hashes when it is not the store's (a builder's client's)
 

@@ -13,12 +13,11 @@ sha256 changed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import hashlib
 import hmac
 import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from pim.engine.config.spec import FileStep, ImageSpec
 
@@ -227,21 +226,3 @@ def recorded_inputs(store: Any, key: str) -> dict[str, str] | None:
         return store.manifest(key).input_digests or None
     except ManifestError:
         return None
-
-
-def explain_image(cfg: Any, name: str, store: Any) -> list[StageExplanation]:
-    """`explain` for image `name` of config `cfg` against the newest build of it in
-    `store` (its ref). Looks at this store only (a stage the remote cache holds shows
-    as to build) and builds and downloads nothing. Raises InputError (unknown image,
-    unreadable file) as `content_keys` does."""
-    import contextlib
-
-    from pim.engine.pipeline.build import current_inputs
-    from pim.engine.pipeline.finder import usable
-
-    keys, current = current_inputs(cfg, name, store)
-    ref = store.get_ref(name)
-    newest = ref["key"] if ref else None
-    with contextlib.ExitStack() as held:
-        cached = {s: usable(store, getattr(keys, s), held) is not None for s in IMAGE_STAGES}
-    return explain(keys.as_dict(), current, recorded_inputs(store, newest) if newest else None, cached, newest)

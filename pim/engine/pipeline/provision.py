@@ -93,15 +93,13 @@ def _read_packages(ctx: BuildContext, session: Session, folder: Path) -> int:
     (for the SBOM) and remove it from the guest; the number of packages, 0 with a
     warning when there is none (neither dpkg nor rpm) or it cannot be read: the SBOM
     is missing then, the build goes on."""
-    import socket
-
     import paramiko
 
     from pim.engine.provenance import packages
 
     try:
         found = packages.parse(session.capture("packages", f"cat {PACKAGE_LIST}; rc=$?; rm -f {PACKAGE_LIST}; exit $rc"))
-    except (ProvisionError, OSError, socket.timeout, paramiko.SSHException) as e:
+    except (ProvisionError, OSError, paramiko.SSHException) as e:  # OSError covers socket timeouts
         ctx.events.warning(STAGE, f"no package list for the SBOM: {e}")
         return 0
     found.write(folder)

@@ -13,7 +13,6 @@ In order, each failure a VerificationFailed naming what does not hold:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from pim.engine.errors import PimError
 from pim.engine.events import MASK
+from pim.engine.pipeline.keys import digest, file_digest
 from pim.engine.provenance import statement as st
 from pim.engine.provenance.signing import SignatureError, open_envelope
 from pim.engine.store.manifest import Manifest
@@ -41,19 +41,9 @@ class Verified:
     dependencies: int
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(folder: Path, manifest: Manifest, public_key: Any) -> Verified:
     """Verify the final object in `folder` (its manifest `manifest`) with `public_key`
     (a securesystemslib key, `signing.load_public`). Raises VerificationFailed."""
-    from pim.engine.pipeline.keys import digest
-
     if manifest.artifact is None:
         raise VerificationFailed(f"{manifest.key[:12]} is a {manifest.stage} stage, not a built image")
     if manifest.provenance is None or not (folder / manifest.provenance.file).is_file():
@@ -83,7 +73,7 @@ def verify(folder: Path, manifest: Manifest, public_key: Any) -> Verified:
         raise VerificationFailed(f"{path}: the statement's subject is not this image's {manifest.artifact.file} alone")
     recorded_sha = subjects[0].get("digest", {}).get("sha256")
     artifact = folder / manifest.artifact.file
-    actual = _sha256(artifact)
+    actual = file_digest(artifact)
     if recorded_sha != actual:
         raise VerificationFailed(f"{artifact} was modified: its sha256 is {actual}, the signed statement says "
                                  f"{recorded_sha}")
@@ -100,7 +90,7 @@ def verify(folder: Path, manifest: Manifest, public_key: Any) -> Verified:
         recorded = product.get("digest", {}).get("sha256")
         if not file.is_file():
             raise VerificationFailed(f"{file} is missing; the signed statement names it with sha256 {recorded}")
-        sbom_sha = _sha256(file)
+        sbom_sha = file_digest(file)
         if sbom_sha != recorded:
             raise VerificationFailed(f"{file} was modified: its sha256 is {sbom_sha}, the signed statement says "
                                      f"{recorded}")

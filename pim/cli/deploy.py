@@ -74,6 +74,7 @@ def _summary(outcome: dict, deleted: bool) -> str:
     res = outcome["resources"]
     how = "created" if outcome["created"] else "already there"
     if outcome["type"] == "proxmox":
-        return f"{outcome['image']}: template {res['vmid']} on {res['node']} ({how})"
+        vmids = res.get("vmids") or {res["node"]: res["vmid"]}
+        return f"{outcome['image']}: " + ", ".join(f"template {v} on {n}" for n, v in vmids.items()) + f" ({how})"
     amis = ", ".join(f"{r}: {v['ami']}" for r, v in res["regions"].items())
     return f"{outcome['image']}: {amis} ({how})"

@@ -31,7 +31,7 @@ IMAGE_OUTPUTS = ("content_key", "stage_keys", "path", "sha256", "size", "virtual
 # pim.Deployment
 DEPLOYMENT_KEY_INPUTS = ("image_name", "image_key", "manifest_path", "image_sha256", "target", "config", "base_dir",
                          "tags")
-DEPLOYMENT_OUTPUTS = ("type", "target_name", "target_view", "target_base_dir", "vmid", "node", "volume", "regions",
+DEPLOYMENT_OUTPUTS = ("type", "target_name", "target_view", "target_base_dir", "vmid", "vmids", "node", "volume", "regions",
                       "ami_id", "snapshot_id", "ami_ids", "snapshot_ids")
 # The stack config key (a Pulumi secret) the Proxmox API token secret is read from. Not an
 # input: Pulumi hands Delete and Read only the stored outputs, where no secret is ever kept.
@@ -40,7 +40,7 @@ TOKEN_CONFIG_KEY = "pim:proxmoxTokenSecret"
 # changing them never touches a deployment.
 OPERATIONAL = frozenset({"timeout", "task_timeout", "upload_retries", "token_id", "token_secret_env",
                          "token_secret_file", "token_secret", "verify_tls", "ca_file", "ssh", "parallel", "method",
-                         "s3_bucket", "s3_prefix"})
+                         "s3_bucket", "s3_prefix", "image_url"})
 # Target fields a deployment follows in place: retag, copy to or remove from regions.
 IN_PLACE = frozenset({"tags", "copy_to"})
 PVE_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_\-+.]*$")  # PVE's pve-tag format
@@ -218,11 +218,21 @@ def target_view(target: TargetSpec) -> dict[str, Any]:
 def target_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(fields that need a new deployment, fields followed in place). Operational fields count for neither."""
     replace, in_place = [], []
+    old = _as_now(old)
     for field in sorted(set(old) | set(new)):
         if field in OPERATIONAL or old.get(field) == new.get(field):
             continue
         (in_place if field in IN_PLACE else replace).append(field)
     return replace, in_place
+
+
+def _as_now(view: dict[str, Any]) -> dict[str, Any]:
+    """A target view kept by an older release, read as this release reads it: fields it did
+    not have yet take the value its config implies (nodes: [node]), so they are no change."""
+    try:
+        return target_view(TypeAdapter(TargetSpec).validate_python(plain(view)))
+    except (ValidationError, ValueError, TypeError):
+        return view
 
 
 def open_store() -> Any:

@@ -136,12 +136,13 @@ def retag_proxmox(target: ProxmoxTarget, name: str, key: str, tags: dict[str, st
     found = proxmox.exists(target, BuiltImage(name, key, None), events, base_dir=base)
     if found is None:
         raise DeployError(f"the template of {name} (key {key[:16]}) is gone: `pulumi refresh`, then `pulumi up`")
-    vmid = int(found.resources["vmid"])
     value = ";".join(["pim", proxmox.key_tag(key), *pve_tags(tags)])
     pve = proxmox.Pve(target, events, base)
-    pve.wait(pve.call(f"set tags of VM {vmid}", lambda: pve.node.qemu(vmid).config.post(tags=value)),
-             f"set tags of VM {vmid}")
-    events.log("deploy", f"tags of template {vmid}: {value}")
+    for node, vmid in found.ids()["vmids"].items():
+        on = pve.on(node)
+        on.wait(on.call(f"set tags of VM {vmid}", lambda: on.node.qemu(vmid).config.post(tags=value)),
+                f"set tags of VM {vmid}")
+        events.log("deploy", f"tags of template {vmid} on {node}: {value}")
 
 
 OPS: dict[str, Callable[[dict[str, Any], Emitter], dict[str, Any]]] = {

@@ -108,13 +108,14 @@ class Image(Resource, module="pim", name="Image"):
 
 
 class Deployment(Resource, module="pim", name="Deployment"):
-    """A pim.Image deployed to a target. Outputs: type, target_name; Proxmox: vmid (the template),
-    node, volume; AWS: ami_id and snapshot_id (home region), ami_ids and snapshot_ids (per region),
+    """A pim.Image deployed to a target. Outputs: type, target_name; Proxmox: vmid and node (the
+    template on the first of the target's nodes), vmids ({node: vmid}, one template per node), volume; AWS: ami_id and snapshot_id (home region), ami_ids and snapshot_ids (per region),
     regions ({region: {ami, snapshot}})."""
 
     type: pulumi.Output[str]
     target_name: pulumi.Output[str]
     vmid: pulumi.Output[int]
+    vmids: pulumi.Output[dict]
     node: pulumi.Output[str]
     volume: pulumi.Output[str]
     regions: pulumi.Output[dict]

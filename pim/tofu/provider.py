@@ -63,7 +63,8 @@ DEPLOYMENT_SCHEMA = Schema((
     _out("id", "<target>/<image key>"),
     _out("type", "proxmox or aws"),
     _out("vmid", "Proxmox template VMID", N),
-    _out("node", "Proxmox node"),
+    _out("node", "Proxmox node (the first of the target's nodes)"),
+    _out("vmids", "Proxmox template VMID per node", ["map", "number"]),
     _out("ami_id", "AMI id in the target's region"),
     _out("snapshot_id", "EBS snapshot id in the target's region"),
     _out("ami_ids", "AMI id per region", MAP),
@@ -279,7 +280,7 @@ class DeploymentResource(Resource):
 
     def _outputs(self, values: dict[str, Any], target: Any, result: Any) -> dict[str, Any]:
         out = values | {"id": f"{values['target']}/{values['image_key']}", "type": result.type}
-        out.update(dict.fromkeys(("vmid", "node", "ami_id", "snapshot_id", "ami_ids", "snapshot_ids")))
+        out.update(dict.fromkeys(("vmid", "vmids", "node", "ami_id", "snapshot_id", "ami_ids", "snapshot_ids")))
         return out | result.ids(getattr(target, "region", None))
 
     def _engine(self, op: str, values: dict[str, Any], image_required: bool) -> tuple[Any, Any]:

@@ -18,6 +18,13 @@ Facts of PVE this fake relies on (and so do the tests):
 - Long calls answer a UPID; GET /nodes/{node}/tasks/{upid}/status is "running" until the
   task ends, then "stopped" with exitstatus "OK" or the error; /log has the lines.
 - Auth with a token: `Authorization: PVEAPIToken=<user>@<realm>!<tokenid>=<secret>`.
+- A cluster has several nodes; VMIDs are unique cluster-wide (nextid), a VM lives on one
+  node and is reached only under /nodes/<its node>/qemu/<vmid>. A storage without the
+  `shared` flag (dir, lvmthin) holds each node's own files; a shared one (cephfs, nfs)
+  holds one set seen by all nodes. GET /nodes/<node>/storage lists them with `shared`.
+- POST .../storage/<storage>/download-url (content `import`, PVE 8.4+, as for uploads) has
+  the node fetch a URL itself, as a task that checks `checksum` and fails on a mismatch
+  or an HTTP error.
 """
 
 from __future__ import annotations
@@ -71,19 +78,26 @@ def _version_tuple(text: str) -> tuple[int, int]:
 
 
 class FakePve:
-    def __init__(self, root: Path, version: str = "8.4.1", node: str = "pve"):
-        self.root, self.version, self.node = root, version, node
+    def __init__(self, root: Path, version: str = "8.4.1", node: str = "pve", nodes: list[str] | None = None):
+        self.nodes = list(nodes or [node])
+        self.root, self.version, self.node = root, version, self.nodes[0]
         self.files_dir = root / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
-        self.storages = {"local": {"type": "dir", "content": "iso,vztmpl,backup,import"},
-                         "local-lvm": {"type": "lvmthin", "content": "images,rootdir"}}
-        self.files: dict[str, dict[str, Any]] = {}  # volid -> {path, size}
+        self.storages = {"local": {"type": "dir", "content": "iso,vztmpl,backup,import", "shared": 0},
+                         "local-lvm": {"type": "lvmthin", "content": "images,rootdir", "shared": 0},
+                         "cephfs": {"type": "cephfs", "content": "iso,vztmpl,import", "shared": 1}}
+        # volid -> {path, size}: each node's own files on unshared storages, and one set on shared ones
+        self.node_files: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in self.nodes}
+        self.shared_files: dict[str, dict[str, Any]] = {}
+        self.files = self.node_files[self.node]  # the first node's: what single-node tests look at
+        self.vm_node: dict[int, str] = {}  # vmid -> the node it lives on
         self.disks: dict[str, int] = {}  # volid -> size
         self.vms: dict[int, dict[str, Any]] = {}  # vmid -> config (template: 1 when converted)
         self.tasks: dict[str, Task] = {}
         self.requests: list[tuple[str, str]] = []
         self.schema_errors: list[str] = []
         self.crashes: list[str] = []
+        self.downloads: list[tuple[str, str]] = []  # (node, url) of each download-url
         self.fail_tasks: dict[str, str] = {}  # task type -> error message
         self.steal_vmids = 0  # nextid answers that another client takes at once
         self.task_polls = 2  # status polls before a task ends
@@ -132,7 +146,9 @@ class FakePve:
     _routes = Map([
         Rule("/api2/json/version", endpoint="version", methods=["GET"]),
         Rule("/api2/json/cluster/nextid", endpoint="nextid", methods=["GET"]),
+        Rule("/api2/json/nodes/<node>/storage", endpoint="storage_list", methods=["GET"]),
         Rule("/api2/json/nodes/<node>/storage/<storage>/content", endpoint="content", methods=["GET"]),
+        Rule("/api2/json/nodes/<node>/storage/<storage>/download-url", endpoint="download_url", methods=["POST"]),
         Rule("/api2/json/nodes/<node>/storage/<storage>/content/<path:volume>", endpoint="content_delete",
              methods=["DELETE"]),
         Rule("/api2/json/nodes/<node>/storage/<storage>/upload", endpoint="upload", methods=["POST"]),
@@ -158,6 +174,8 @@ class FakePve:
             params.update(request.form.items())
         self.requests.append((request.method, request.path))
         self._check_schema(request, args, params)
+        if "node" in args and args["node"] not in self.nodes:
+            raise PveFail(595, f"no such cluster node '{args['node']}'")
         with self.lock:
             data = getattr(self, f"_{endpoint}")(request, params, **args)
         return Response(json.dumps({"data": data}), mimetype="application/json")
@@ -178,9 +196,10 @@ class FakePve:
             raise PveFail(400, "Parameter verification failed.", {k: v.strip() for k, v in errors.items()})
 
     # ------------------------------------------------------------------ tasks
-    def _task(self, kind: str, ident: str, effect: Callable[[], None], log: list[str] | None = None) -> str:
+    def _task(self, kind: str, ident: str, effect: Callable[[], None], log: list[str] | None = None,
+              node: str | None = None) -> str:
         self._next_pid += 1
-        upid = f"UPID:{self.node}:{self._next_pid:08X}:00ABCDEF:{int(time.time()):08X}:{kind}:{ident}:{TOKEN_ID}:"
+        upid = f"UPID:{node or self.node}:{self._next_pid:08X}:00ABCDEF:{int(time.time()):08X}:{kind}:{ident}:{TOKEN_ID}:"
         self.tasks[upid] = Task(upid, effect, self.fail_tasks.get(kind), self.task_polls, list(log or []))
         return upid
 
@@ -235,26 +254,65 @@ class FakePve:
         return vmid
 
     # ------------------------------------------------------------------ storage
+    def files_on(self, node: str, storage: str) -> dict[str, dict[str, Any]]:
+        """The files `node` sees on `storage`: its own, or the cluster's on a shared storage."""
+        return self.shared_files if self.storages[storage]["shared"] else self.node_files[node]
+
+    def _storage_list(self, request: Request, params: dict, node: str) -> list[dict[str, Any]]:
+        return [{"storage": name, "type": s["type"], "content": s["content"], "shared": s["shared"], "active": 1,
+                 "enabled": 1} for name, s in self.storages.items() if params.get("storage") in (None, name)]
+
     def _content(self, request: Request, params: dict, node: str, storage: str) -> list[dict[str, Any]]:
         out = [{"volid": volid, "size": f["size"], "format": "qcow2", "content": "import", "ctime": 1}
-               for volid, f in self.files.items() if volid.startswith(f"{storage}:")]
+               for volid, f in self.files_on(node, storage).items() if volid.startswith(f"{storage}:")]
         want = params.get("content")
         return [o for o in out if not want or o["content"] == want]
 
     def _content_delete(self, request: Request, params: dict, node: str, storage: str, volume: str) -> str:
         volid = urllib.parse.unquote(volume)
-        if volid not in self.files:
+        files = self.files_on(node, storage)
+        if volid not in files:
             raise PveFail(500, f"volume '{volid}' does not exist")
 
         def effect() -> None:
-            Path(self.files.pop(volid)["path"]).unlink(missing_ok=True)
-        return self._task("imgdel", "", effect)  # PVE forks this worker with no id
+            Path(files.pop(volid)["path"]).unlink(missing_ok=True)
+        return self._task("imgdel", "", effect, node=node)  # PVE forks this worker with no id
 
     def _upload(self, request: Request, params: dict, node: str, storage: str) -> str:
         content, name = params.get("content", ""), params.get("filename", "")
         upload = request.files.get("filename") or next(iter(request.files.values()), None)
         if upload is None:
             raise PveFail(400, "missing file")
+        self._content_rules(storage, content, name)
+        tmp = self.root / f"pveupload-{os.getpid()}-{len(self.tasks)}"
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as out:
+            while chunk := upload.stream.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        return self._import_task(node, storage, content, name, tmp, digest.hexdigest(), params.get("checksum"),
+                                 [f"starting file import from: {tmp}"])
+
+    def _download_url(self, request: Request, params: dict, node: str, storage: str) -> str:
+        import urllib.request
+
+        content, name, url = params.get("content", ""), params.get("filename", ""), params.get("url", "")
+        self._content_rules(storage, content, name)
+        tmp = self.root / f"pvedownload-{os.getpid()}-{len(self.tasks)}"
+        digest, log = hashlib.sha256(), [f"downloading {url} to {tmp}"]
+        self.downloads.append((node, url))
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response, open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            return self._failed_task("download", f"download failed: {e}", log, node)
+        return self._import_task(node, storage, content, name, tmp, digest.hexdigest(), params.get("checksum"), log,
+                                 kind="download")
+
+    def _content_rules(self, storage: str, content: str, name: str) -> None:
         version = _version_tuple(self.version)
         if content == "import":
             if version < (8, 2):
@@ -266,28 +324,24 @@ class FakePve:
                               {"filename": "invalid filename or wrong extension"})
         if content not in self.storages[storage]["content"].split(","):
             raise PveFail(500, f"storage '{storage}' does not support '{content}' content")
-        tmp = self.root / f"pveupload-{os.getpid()}-{len(self.tasks)}"
-        digest = hashlib.sha256()
-        with open(tmp, "wb") as out:
-            while chunk := upload.stream.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
+
+    def _import_task(self, node: str, storage: str, content: str, name: str, tmp: Path, got: str,
+                     expected: str | None, log: list[str], kind: str = "imgcopy") -> str:
         volid = f"{storage}:{content}/{name}"
-        expected = params.get("checksum")
-        log = [f"starting file import from: {tmp}", f"target file: {volid}"]
-        if expected and expected != digest.hexdigest():
+        log = [*log, f"target file: {volid}"]
+        if expected and expected != got:
             tmp.unlink()
-            return self._failed_task("imgcopy", f"checksum mismatch: got '{digest.hexdigest()}' != expect '{expected}'",
-                                     log)
+            return self._failed_task(kind, f"checksum mismatch: got '{got}' != expect '{expected}'", log, node)
+        files = self.files_on(node, storage)
 
         def effect() -> None:
-            dest = self.files_dir / name
+            dest = self.files_dir / f"{node if files is not self.shared_files else 'shared'}-{name}"
             shutil.move(tmp, dest)
-            self.files[volid] = {"path": str(dest), "size": dest.stat().st_size}
-        return self._task("imgcopy", "", effect, log)
+            files[volid] = {"path": str(dest), "size": dest.stat().st_size}
+        return self._task(kind, "", effect, log, node=node)
 
-    def _failed_task(self, kind: str, message: str, log: list[str]) -> str:
-        upid = self._task(kind, "", lambda: None, log)
+    def _failed_task(self, kind: str, message: str, log: list[str], node: str | None = None) -> str:
+        upid = self._task(kind, "", lambda: None, log, node=node)
         self.tasks[upid].fail = message
         return upid
 
@@ -295,6 +349,8 @@ class FakePve:
     def _qemu_list(self, request: Request, params: dict, node: str) -> list[dict[str, Any]]:
         out = []
         for vmid, cfg in sorted(self.vms.items()):
+            if self.vm_node.get(vmid, self.node) != node:
+                continue
             item = {"vmid": vmid, "name": cfg.get("name", ""), "status": "stopped"}
             if cfg.get("tags"):
                 item["tags"] = cfg["tags"]
@@ -321,47 +377,52 @@ class FakePve:
             if vtype == "import" and version < (8, 4) or vtype not in ("images", "import"):
                 raise PveFail(400, "Parameter verification failed.",
                               {key: f"{source} has wrong type '{vtype}' - not an image"})
-            if source not in self.files:
+            files = self.files_on(node, source.split(":", 1)[0]) if source.split(":", 1)[0] in self.storages else {}
+            if source not in files:
                 raise PveFail(500, f"volume '{source}' does not exist")
             disk = f"{m[1]}:vm-{vmid}-disk-0"
-            self.disks[disk] = self.files[source]["size"]
+            self.disks[disk] = files[source]["size"]
             config[key] = disk + m[3]
             log.append(f"importing disk '{source}' to VM {vmid} ...")
         self.vms[vmid] = {"creating": True}
+        self.vm_node[vmid] = node
 
         def effect() -> None:
             self.vms[vmid] = config
 
-        upid = self._task("qmcreate", str(vmid), effect, log)
+        upid = self._task("qmcreate", str(vmid), effect, log, node=node)
         made = [str(v).split(",")[0] for v in config.values() if str(v).startswith(f"local-lvm:vm-{vmid}-")]
 
         def cleanup() -> None:  # PVE removes what a failed create made
             self.vms.pop(vmid, None)
+            self.vm_node.pop(vmid, None)
             for disk in made:
                 self.disks.pop(disk, None)
         self.tasks[upid].cleanup = cleanup
         return upid
 
-    def _vm(self, vmid: int) -> dict[str, Any]:
-        if vmid not in self.vms:
-            raise PveFail(500, f"Configuration file 'nodes/{self.node}/qemu-server/{vmid}.conf' does not exist")
+    def _vm(self, vmid: int, node: str | None = None) -> dict[str, Any]:
+        node = node or self.node
+        if vmid not in self.vms or self.vm_node.get(vmid, self.node) != node:
+            raise PveFail(500, f"Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist")
         return self.vms[vmid]
 
     def _qemu_destroy(self, request: Request, params: dict, node: str, vmid: int) -> str:
-        config = self._vm(vmid)
+        config = self._vm(vmid, node)
 
         def effect() -> None:
             for value in config.values():
                 disk = str(value).split(",")[0]
                 self.disks.pop(disk, None)
             self.vms.pop(vmid, None)
-        return self._task("qmdestroy", str(vmid), effect)
+            self.vm_node.pop(vmid, None)
+        return self._task("qmdestroy", str(vmid), effect, node=node)
 
     def _config_get(self, request: Request, params: dict, node: str, vmid: int) -> dict[str, Any]:
-        return {k: v for k, v in self._vm(vmid).items() if k != "creating"}
+        return {k: v for k, v in self._vm(vmid, node).items() if k != "creating"}
 
     def _config_set(self, request: Request, params: dict, node: str, vmid: int) -> str:
-        config = self._vm(vmid)
+        config = self._vm(vmid, node)
 
         def effect() -> None:
             for key, value in params.items():
@@ -369,16 +430,16 @@ class FakePve:
                 for unused in [k for k, v in config.items() if k.startswith("unused") and v == volume]:
                     del config[unused]
                 config[key] = value
-        return self._task("qmconfig", str(vmid), effect)
+        return self._task("qmconfig", str(vmid), effect, node=node)
 
     def _template(self, request: Request, params: dict, node: str, vmid: int) -> str:
-        config = self._vm(vmid)
+        config = self._vm(vmid, node)
         if config.get("template"):
             raise PveFail(500, f"VM {vmid} is already a template")
 
         def effect() -> None:
             config["template"] = 1
-        return self._task("qmtemplate", str(vmid), effect)
+        return self._task("qmtemplate", str(vmid), effect, node=node)
 
     # ------------------------------------------------------------------ the node's shell (fallback)
     def import_disk(self, vmid: int, path: Path, storage: str) -> str:

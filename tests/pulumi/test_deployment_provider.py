@@ -92,6 +92,21 @@ def test_diff_of_target_changes(change: dict, expect: tuple) -> None:
     assert (kind, diff.replaces, bool(diff.delete_before_replace)) == expect
 
 
+def test_diff_of_proxmox_nodes_and_an_older_releases_target_view() -> None:
+    base = {"type": "proxmox", "api_url": "https://pve.invalid:8006", "node": "pve1", "storage": "local-lvm",
+            "token_id": "pim@pve!deploy"}
+    olds = _outs(base)
+    olds["target_view"] = {k: v for k, v in olds["target_view"].items() if k not in ("nodes", "image_url")}
+
+    def diff(target: dict) -> Any:
+        return DeploymentProvider().diff("pve1/100", olds, {"image_key": "a" * 64, "target": target, "base_dir": "/",
+                                                            "tags": {}})
+    # a view kept before `nodes` existed means nodes: [node]; the same target is no change
+    assert diff(base).changes is False
+    assert diff({**base, "image_url": "https://images.invalid/{filename}"}).changes is False  # how, not what
+    assert diff({**{k: v for k, v in base.items() if k != "node"}, "nodes": ["pve1", "pve2"]}).replaces == ["target"]
+
+
 def test_diff_a_new_build_replaces_creating_first() -> None:
     olds = _outs({"type": "aws", "region": "us-east-1"})
     for key in ("b" * 64, UNKNOWN):
@@ -155,6 +170,7 @@ def test_proxmox_create_read_retag_delete(project: Project, pve: Any, pve_env: s
     outs = created.outs
     vmid = outs["vmid"]
     assert created.id == f"pve/{vmid}" and outs["node"] == "pve" and outs["volume"].startswith("local:import/")
+    assert outs["vmids"] == {"pve": vmid}
     assert pve.vms[vmid]["template"] == 1
     assert pve.vms[vmid]["tags"].split(";") == ["pim", f"pim-{project.key}", "env-prod"]
 

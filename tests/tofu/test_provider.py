@@ -143,3 +143,18 @@ def test_a_plan_names_the_changed_input_and_replaces_on_it(tmp_path: Path, name:
     assert re.search(r"~ input_digests\s+= \{ # forces replacement", out), out
     assert re.search(rf'~ "{re.escape(changed)}"\s+= "[^"]+" -> "[^"]+"', out), out
     assert f"Warning: pim_image web is rebuilt: {changed} changed" in out
+
+
+def test_a_proxmox_deployment_outputs_the_template_of_every_node() -> None:
+    from pim.engine.deploy.model import DeployResult
+
+    resource = PimProvider.resources["pim_deployment"]
+    result = DeployResult("pve", "proxmox", "web", "k" * 64, True,
+                          {"vmid": 100, "node": "pve1", "volume": "local:import/x.qcow2",
+                           "vmids": {"pve1": 100, "pve2": 101}, "volumes": {}}, {})
+    values = {"config": "pim.yaml", "image": "web", "target": "pve", "image_key": "k" * 64}
+    out = resource._outputs(values, None, result)
+    assert out["vmid"] == 100 and out["node"] == "pve1" and out["vmids"] == {"pve1": 100, "pve2": 101}
+    types = {a.name: a.type for a in resource.schema.attrs}
+    assert set(out) <= set(types) and types["vmids"] == ["map", "number"]
+    assert cty.conform(out["vmids"], types["vmids"]) == {"pve1": 100, "pve2": 101}

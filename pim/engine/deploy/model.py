@@ -92,11 +92,12 @@ class DeployResult:
         return asdict(self)
 
     def ids(self, region: str | None = None) -> dict[str, Any]:
-        """What front ends show: Proxmox vmid and node; AWS the AMI and snapshot in
-        `region` (the target's own) and both per region."""
+        """What front ends show: Proxmox vmid and node (of the first node) and vmids
+        per node; AWS the AMI and snapshot in `region` (the target's own) and both per region."""
         res = self.resources
         if self.type == "proxmox":
-            return {"vmid": int(res["vmid"]), "node": res["node"]}
+            vmids = res.get("vmids") or {res["node"]: res["vmid"]}
+            return {"vmid": int(res["vmid"]), "node": res["node"], "vmids": {n: int(v) for n, v in vmids.items()}}
         regions = res["regions"]
         home = regions[region] if region in regions else next(iter(regions.values()))
         return {"ami_id": home["ami"], "snapshot_id": home["snapshot"],

@@ -118,8 +118,10 @@ class ProxmoxSSH(_Model):
 class ProxmoxTarget(_Model):
     type: Literal["proxmox"]
     api_url: str = Field(description="https://host:8006 of any cluster node")
-    node: _NodeName = Field(description="Node that holds the template (its short name, as in "
-                                                     "`pvecm nodes`)")
+    node: _NodeName | None = Field(None, description="Node that holds the template (its short name, as in "
+                                                     "`pvecm nodes`); with `nodes`, the first of them")
+    nodes: list[_NodeName] = Field([], description="Build one template on each of these nodes (a cluster without "
+                                   "shared storage cannot clone a template across nodes); default [node]")
     storage: _StorageId = Field(description="Storage for the VM disk and cloud-init drive")
     upload_storage: _StorageId = Field("local",
                                 description="File storage with the 'import' content type (PVE 8.4+) for uploads")
@@ -132,6 +134,9 @@ class ProxmoxTarget(_Model):
     timeout: Duration = Field(60.0, gt=0, description="Per-request network timeout")
     task_timeout: Duration = Field(1800.0, gt=0, description="Deadline for each PVE task (upload copy, import, template)")
     upload_retries: int = Field(3, ge=1, le=10)
+    image_url: str | None = Field(None, description="Let PVE fetch the qcow2 itself from this http(s) URL "
+                                  "(download-url, PVE 8.4+) instead of an upload through this client; "
+                                  "{name}, {key}, {sha256} and {filename} are filled in. PVE checks the sha256.")
     bridge: _Bridge = Field("vmbr0", description="Bridge for the VM's network card")
     cores: int = Field(2, ge=1, description="Cores of the template VM (PVE: at least 1)")
     memory_mb: int = Field(2048, ge=PVE_MEMORY_MIB[0], le=PVE_MEMORY_MIB[1], description="Memory of the template VM, MiB")
@@ -151,6 +156,38 @@ class ProxmoxTarget(_Model):
             raise ValueError(f"{v!r} is not an https://host[:port] URL (port 1-65535, no path): "
                              "write e.g. https://pve.example:8006")
         return v.rstrip("/")
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.hostname or re.search(r"\s", v):
+            raise ValueError(f"{v!r} is not an http(s) URL PVE can download from: write e.g. "
+                             "https://images.example/{filename}")
+        unknown = set(re.findall(r"{([^}]*)}", v)) - {"name", "key", "sha256", "filename"}
+        if unknown:
+            raise ValueError(f"image_url {v!r}: unknown placeholder(s) {', '.join(sorted(unknown))}: "
+                             "use {name}, {key}, {sha256} or {filename}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nodes(cls, data: object) -> object:
+        # node is nodes[0]: filled in both ways before the fields are checked (the model is frozen).
+        if not isinstance(data, dict):
+            return data
+        node, nodes = data.get("node"), data.get("nodes") or []
+        if not isinstance(nodes, list):
+            return data  # the field's own check reports it
+        if not nodes and node is None:
+            raise ValueError("set node (the node that holds the template) or nodes (one template on each)")
+        if len(set(map(str, nodes))) != len(nodes):
+            raise ValueError(f"nodes repeats a node: {nodes}")
+        if nodes and node is not None and node != nodes[0]:
+            raise ValueError(f"node {node!r} and nodes {nodes}: set one of them (node is nodes[0])")
+        return {**data, "node": nodes[0] if nodes else node, "nodes": nodes or [node]}
 
     @field_validator("token_id")
     @classmethod

@@ -6,6 +6,7 @@ to its end with a deadline, and a failed task's log tail is in the error.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlparse
@@ -38,7 +39,14 @@ class Pve:
         self.host = urlparse(target.api_url).netloc
         self.api = ProxmoxAPI(self.host, user=user, token_name=token, token_value=secret, verify_ssl=verify,
                               timeout=target.timeout, service="PVE")
-        self.node = self.api.nodes(target.node)
+        self.node_name = str(target.node)
+        self.node = self.api.nodes(self.node_name)
+
+    def on(self, node: str) -> "Pve":
+        """The same API client (connection, token, retries) acting on another cluster node."""
+        other = copy.copy(self)
+        other.node_name, other.node = node, self.api.nodes(node)
+        return other
 
     def call(self, what: str, fn: Callable[[], Any]) -> Any:
         import requests

@@ -1,0 +1,48 @@
+"""PVE fetches the qcow2 itself (download-url, `import` content, PVE 8.4+): nothing goes
+through the client.
+
+POST /nodes/{node}/storage/{storage}/download-url with content=import, the same
+content-addressed file name an upload gets, and the image's sha256 (PVE's API:
+`checksum` + `checksum-algorithm`; the task fails on a mismatch, so a URL serving
+other bytes cannot make a template). The task runs on the node; its failure (an
+unreachable URL, an HTTP error, a checksum mismatch) ends the deploy with PVE's log.
+"""
+
+from __future__ import annotations
+
+from pim.engine.deploy.model import BuiltImage
+from pim.engine.deploy.proxmox.api import Pve, delete_volume, find_volume
+from pim.engine.deploy.proxmox.params import upload_name
+from pim.engine.events import Emitter
+
+
+def image_url(template: str, image: BuiltImage) -> str:
+    """The target's image_url with {name}, {key}, {sha256} and {filename} filled in."""
+    fields = {"name": image.name, "key": image.key, "sha256": image.sha256, "filename": upload_name(image)}
+    return template.format_map(fields)
+
+
+def download_import(pve: Pve, image: BuiltImage, events: Emitter) -> tuple[str, bool]:
+    """Have pve's node fetch the image as `import` content; (volid, fetched).
+
+    An identical copy already on the storage (same name and size) is used as it is:
+    (volid, False). Raises DeployError (or PveError) when PVE refuses the request or
+    its download task fails; a partial file is PVE's to remove (its task does).
+    """
+    target = pve.target
+    assert target.image_url is not None
+    name = upload_name(image)
+    volid = f"{target.upload_storage}:import/{name}"
+    existing = find_volume(pve, target.upload_storage, volid)
+    if existing and int(existing.get("size", -1)) == image.size:
+        events.log("upload", f"{volid} is already on {pve.node_name}'s storage: nothing fetched")
+        return volid, False
+    if existing:  # a different size under a content address: a broken copy
+        delete_volume(pve, volid)
+    url = image_url(target.image_url, image)
+    events.log("upload", f"PVE node {pve.node_name} fetches {url} into {volid}")
+    storage = pve.node.storage(target.upload_storage)
+    upid = pve.call(f"download-url {name}", lambda: storage("download-url").post(
+        content="import", filename=name, url=url, checksum=image.sha256, **{"checksum-algorithm": "sha256"}))
+    pve.wait(upid, f"download of {url} by {pve.node_name}")
+    return volid, True

@@ -6,25 +6,38 @@ published API schema (the API viewer's apidoc, as vendored by fakepve, PVE 9):
 unknown parameters or malformed values end up in `schema_errors`, which tests
 assert empty.
 
-Facts of PVE this fake relies on (and so do the tests):
-- GET /version answers {"version": "8.4.1", "release": "8.4", ...}; PVE 7 wrote "7.4-3".
+Facts of PVE this fake relies on (and so do the tests), each with where it comes from.
+"apidoc" is PVE's API schema as vendored by fakepve (PVE 9); "pve-manager"/"pve-storage"/
+"qemu-server" are PVE's own source packages; "Roadmap" is the release notes on PVE's wiki.
+- GET /version answers {"version": "8.4.1", "release": "8.4", ...}; PVE 7 wrote "7.4-3"
+  (pve-manager PVE/API2/Version.pm; both forms seen on real nodes).
 - Upload content `import` takes `.qcow2`/`.raw`/`.vmdk` files from PVE 8.4 on; 8.2 and 8.3
-  take only `.ova` there; before 8.2 the content enum is just iso and vztmpl. The upload is
-  a task (imgcopy) that checks `checksum` with `checksum-algorithm` and fails on a mismatch.
+  take only `.ova` there; before 8.2 the content enum is just iso and vztmpl (Roadmap 8.2:
+  "import" content type for OVA; Roadmap 8.4: disk images as import content; pve-storage
+  PVE/API2/Storage/Status.pm upload). The upload is a task (imgcopy) that checks `checksum`
+  with `checksum-algorithm` and fails on a mismatch (apidoc: upload's parameters).
 - `import-from` takes volumes of type `images`, or `import` from 8.4 on (an absolute path only
-  from root@pam, never from an API token).
-- Creating a VM at a taken VMID fails at once: 500 "VM <id> already exists on node '<node>'".
-- Errors carry their message in the HTTP reason phrase; bodies are {"data": null, ...}.
+  from root@pam, never from an API token) (apidoc: import-from's description; qemu-server
+  PVE/API2/Qemu.pm).
+- Creating a VM at a taken VMID fails at once: 500 "VM <id> already exists on node '<node>'"
+  (qemu-server PVE/API2/Qemu.pm create_vm).
+- Errors carry their message in the HTTP reason phrase; bodies are {"data": null, ...}
+  (pve-http-server PVE/APIServer/AnyEvent.pm; proxmoxer reads the reason).
 - Long calls answer a UPID; GET /nodes/{node}/tasks/{upid}/status is "running" until the
-  task ends, then "stopped" with exitstatus "OK" or the error; /log has the lines.
-- Auth with a token: `Authorization: PVEAPIToken=<user>@<realm>!<tokenid>=<secret>`.
+  task ends, then "stopped" with exitstatus "OK" or the error; /log has the lines (apidoc:
+  tasks/{upid}/status and /log).
+- Auth with a token: `Authorization: PVEAPIToken=<user>@<realm>!<tokenid>=<secret>` (PVE
+  wiki, "Proxmox VE API": API tokens).
 - A cluster has several nodes; VMIDs are unique cluster-wide (nextid), a VM lives on one
-  node and is reached only under /nodes/<its node>/qemu/<vmid>. A storage without the
+  node and is reached only under /nodes/<its node>/qemu/<vmid>; a node the cluster does
+  not have is an error naming it (the fake answers 595; PIM relies only on the name being
+  in the message, not on the status). A storage without the
   `shared` flag (dir, lvmthin) holds each node's own files; a shared one (cephfs, nfs)
-  holds one set seen by all nodes. GET /nodes/<node>/storage lists them with `shared`.
+  holds one set seen by all nodes. GET /nodes/<node>/storage lists them with `shared`
+  (apidoc: storage index's returns; PVE admin guide, "Storage": shared flag).
 - POST .../storage/<storage>/download-url (content `import`, PVE 8.4+, as for uploads) has
   the node fetch a URL itself, as a task that checks `checksum` and fails on a mismatch
-  or an HTTP error.
+  or an HTTP error (apidoc: download-url's parameters and permissions).
 """
 
 from __future__ import annotations

@@ -32,12 +32,35 @@ RECORD = {"type": "shell", "name": "record-build-identity", "inline":
           "mkdir -p /root/build-identity && cd /root/build-identity && cat /etc/machine-id > machine-id && "
           "cat /etc/ssh/ssh_host_ed25519_key.pub > host-key && "
           "(sha256sum /var/lib/systemd/random-seed 2>/dev/null || true) > random-seed"}
+# What installers and the build VM leave behind (subiquity/curtin cloud-init settings, network
+# bound to the build VM's MAC, leases, the installer's logs, history, package caches),
+# planted before generalization so the clones can show that none of it remains.
+MARK = "pim-build-leftover"
+LEFTOVERS = {
+    "/etc/cloud/cloud.cfg.d/99-installer.cfg": "datasource_list: [ None ]",
+    "/etc/cloud/cloud.cfg.d/subiquity-disable-cloudinit-networking.cfg": "network: {config: disabled}",
+    "/etc/cloud/cloud.cfg.d/90-installer-network.cfg": "network: {version: 2}",
+    "/etc/cloud/cloud.cfg.d/curtin-preserve-sources.cfg": "apt: {preserve_sources_list: true}",
+    "/etc/netplan/00-installer-config.yaml": "network: {version: 2, ethernets: {build: {match: "
+                                             "{macaddress: '52:54:00:12:34:56'}, dhcp4: true}}}",
+    "/etc/udev/rules.d/70-persistent-net.rules": "SUBSYSTEM==\"net\", ATTR{address}==\"52:54:00:12:34:56\"",
+    "/var/lib/dhcp/dhclient.ens3.leases": "lease { fixed-address 10.0.2.15; }",
+    "/var/log/installer/autoinstall-user-data": "#cloud-config",
+    "/root/.bash_history": "history",
+    "/var/cache/apt/archives/leftover.deb": "deb",
+}
+PLANT = " && ".join(f"mkdir -p {Path(p).parent} && printf '%s\\n# %s\\n' \"{body}\" {MARK} > {p}"
+                    for p, body in LEFTOVERS.items())
 CLONES = {"a": "52:54:00:00:0c:0a", "b": "52:54:00:00:0c:0b"}
+
+
+PLANT_STEP = {"type": "shell", "name": "plant-installer-leftovers", "inline": PLANT}
 
 
 @pytest.fixture(scope="module")
 def image(fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, module_pim_env: None) -> Path:
-    cfg = load_config(make_config(tmp_path_factory.mktemp("clone-image"), fixture_iso, provision=[RECORD]))
+    cfg = load_config(make_config(tmp_path_factory.mktemp("clone-image"), fixture_iso,
+                                  provision=[RECORD, PLANT_STEP]))
     return build(cfg, "e2e", Emitter(), store=Store(pim_cache)).path
 
 
@@ -98,13 +121,17 @@ class Clone:
         _, links, _ = agent.exec(["/usr/sbin/ip", "-o", "link", "show"])
         _, host, _ = agent.exec(["/usr/bin/hostname"])
         _, seed, _ = agent.exec(["/usr/bin/sha256sum", "/var/lib/systemd/random-seed"])
+        # the mark split in two, so this command's own line does not hold it
+        look = (f"ls -d {' '.join(LEFTOVERS)} 2>/dev/null; "
+                f"m={MARK[:5]}; grep -rlI \"$m{MARK[5:]}\" /etc /var /root /home /tmp 2>/dev/null; true")
+        _, left, _ = agent.exec(["/bin/sh", "-c", look])
         return {
             "result": json.loads(read("/run/cloud-init/result.json"))["v1"],
             "hostname": host.decode().strip(),
             "machine_id": read("/etc/machine-id").strip(),
             "host_key": read("/etc/ssh/ssh_host_ed25519_key.pub").split()[1],
             "random_seed": seed.decode().split()[0] if seed else "",
-            "addrs": addrs.decode(), "links": links.decode(),
+            "addrs": addrs.decode(), "links": links.decode(), "leftovers": left.decode().split(),
             "build": {n: read(f"/root/build-identity/{n}").strip() for n in ("machine-id", "host-key", "random-seed")},
         }
 
@@ -164,3 +191,8 @@ def test_networking_came_up_by_dhcp_on_each_clones_own_mac(clones: dict[str, Clo
         assert any("10.0.2.15/24" in line and "dynamic" in line for line in str(c.facts["addrs"]).splitlines()), \
             c.facts["addrs"]
     assert {c.facts["shutdown"] for c in clones.values()} <= {"guest agent shutdown", "ACPI powerdown"}
+
+
+def test_no_installer_or_build_vm_file_remains(clones: dict[str, Clone]) -> None:
+    for c in clones.values():
+        assert c.facts["leftovers"] == [], f"clone {c.name} still has {c.facts['leftovers']}"

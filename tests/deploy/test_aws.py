@@ -150,11 +150,13 @@ def test_register_image_arguments_match_botocore_model(arch: str, firmware: str,
     assert args["EnaSupport"] is True and args["RootDeviceName"] == "/dev/xvda"
     assert args["BlockDeviceMappings"][0]["Ebs"] == {"SnapshotId": "snap-0123456789abcdef0", "VolumeType": "gp3",
                                                      "VolumeSize": 3, "DeleteOnTermination": True}
+    # tagged at birth, and only as "image": RegisterImage refuses any other ResourceType
+    assert [spec["ResourceType"] for spec in args["TagSpecifications"]] == ["image"]
+    tags = {t["Key"]: t["Value"] for t in args["TagSpecifications"][0]["Tags"]}
+    assert tags["pim:key"] == image.key and tags["pim:snapshot"] == "snap-0123456789abcdef0"
     ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     with Stubber(ec2) as stub:  # Stubber validates the parameters against the EC2 service model
-        stub.add_response("register_image", {"ImageId": "ami-0123456789abcdef0"}, args)
-        stub.add_response("create_tags", {}, None)
-        stub.add_response("create_tags", {}, None)
+        stub.add_response("register_image", {"ImageId": "ami-0123456789abcdef0"}, args)  # no CreateTags after it
         stub.add_response("describe_images", {"Images": [{"ImageId": "ami-0123456789abcdef0", "State": "available"}]},
                           {"ImageIds": ["ami-0123456789abcdef0"]})
         clients = _StubClients(target, {"ec2": ec2})

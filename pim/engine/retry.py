@@ -51,12 +51,23 @@ class Policy:
 PVE_READ = Policy("pve-read", attempts=6, first_wait=0.5, max_wait=8.0, deadline=60.0)
 PVE_LOCKED = Policy("pve-locked", attempts=5, first_wait=2.0, max_wait=15.0, deadline=90.0)
 PVE_TASK_POLL = Policy("pve-task-poll", attempts=8, first_wait=0.5, max_wait=10.0, deadline=60.0)
-EBS_BLOCK = Policy("ebs-block", attempts=5, first_wait=1.0, max_wait=16.0, deadline=120.0)
+# Outside botocore's own 6 tries per request, whose waits add up to ~1.6 s and whose retry
+# quota 8 block threads spend fast in an outage: a block is idempotent, so it is sent again.
+EBS_BLOCK = Policy("ebs-block", attempts=8, first_wait=1.0, max_wait=16.0, deadline=180.0)
 EC2_VISIBLE = Policy("ec2-eventual-consistency", attempts=10, first_wait=1.0, max_wait=10.0, deadline=90.0)
-DOWNLOAD = Policy("download-resume", attempts=5, first_wait=1.0, max_wait=30.0, deadline=300.0)
+# A download that resumes where it broke: bounded by tries alone, since one try of a big
+# image may take far longer than any deadline would allow.
+DOWNLOAD = Policy("download-resume", attempts=5, first_wait=1.0, max_wait=30.0)
 BUILDER_CONNECT = Policy("builder-connect", attempts=3, first_wait=1.0, max_wait=5.0, deadline=30.0)
+# Keys a DeleteObjects answer lists as not deleted with SlowDown/InternalError-type codes
+# (the request itself succeeded, so botocore does not retry them): only those keys are sent again.
+S3_DELETE = Policy("s3-delete-keys", attempts=5, first_wait=1.0, max_wait=10.0, deadline=60.0)
+# A whole upload to a PVE node started over after its connection broke (API upload or SFTP);
+# attempts is the target's upload_retries (1-10). No deadline: one try of a big image takes long.
+PVE_UPLOAD = Policy("pve-upload", attempts=3, first_wait=1.0, max_wait=10.0)
 
-POLICIES = (PVE_READ, PVE_LOCKED, PVE_TASK_POLL, EBS_BLOCK, EC2_VISIBLE, DOWNLOAD, BUILDER_CONNECT)
+POLICIES = (PVE_READ, PVE_LOCKED, PVE_TASK_POLL, PVE_UPLOAD, EBS_BLOCK, EC2_VISIBLE, DOWNLOAD, BUILDER_CONNECT,
+            S3_DELETE)
 
 
 def retrying(

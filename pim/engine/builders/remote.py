@@ -190,8 +190,9 @@ def _checked(b: Builder, result: dict[str, Any]) -> dict[str, Any]:
 
 def fetch(conn: Connection, store: Store, result: dict[str, Any], events: Emitter) -> None:
     """Bring the builder's final object into `store`: each file streamed, resumed from a
-    partial download of the same object, checked against the sha256 the builder
-    reported; the manifest must carry the key and name the artifact with that digest.
+    partial download of the same object (a stream that drops reconnects and resumes at
+    once, `Connection.get`), checked against the sha256 the builder reported; the
+    manifest must carry the key and name the artifact with that digest.
     Published atomically, replacing an older object under the key (a forced rebuild).
     Call it holding `store.lock(key)`."""
     from pim.engine.remote.transfer import _Progress
@@ -263,7 +264,7 @@ def build(cfg: "Config", name: str, events: Emitter, *, store: Store, builder: B
     if spec.ssh.password is not None:
         events.add_secret(spec.ssh.password.get_secret_value())
     events.log(None, f"building on {builder.name} ({builder.address})")
-    with Connection(builder) as conn, _link_errors(builder):
+    with Connection(builder, log=lambda text: events.log(None, text)) as conn, _link_errors(builder):
         base = {"cache_dir": builder.cache_dir, "max_jobs": builder.max_jobs}
         info = _call(conn, "info", {**base, "digests": sorted(ctx.blobs())}, events)
         sent = upload_inputs(conn, ctx, info, events)

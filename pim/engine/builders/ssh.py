@@ -4,7 +4,11 @@ transfer (SFTP) that resumes and verifies.
 Host keys are always checked, against the builder's `known_hosts` file (default
 ~/.ssh/known_hosts, as OpenSSH's `StrictHostKeyChecking yes`): an unknown or changed
 key is an error that says how to trust the right one. Every failure to connect
-names the builder and the fix, within `CONNECT_TIMEOUT` seconds.
+names the builder and the fix. A connection the builder drops before the login (a
+reset, EOF or timeout while reading sshd's banner, as sshd's MaxStartups does under
+load) is tried again under `retry.BUILDER_CONNECT`; a refused login, a host key
+problem, a refused or timed-out TCP connect fail at once. A fetch whose stream drops
+reconnects and resumes under `retry.DOWNLOAD`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from pim.engine.builders.spec import Builder
 from pim.engine.errors import BuildError, InputError
+from pim.engine.retry import BUILDER_CONNECT, DOWNLOAD, retrying
 
 if TYPE_CHECKING:
     import paramiko
@@ -37,6 +42,27 @@ class BuilderRefused(InputError):
     """The builder's sshd refused the login, or its host key is unknown or changed."""
 
 
+class _LinkDropped(BuildError):
+    """A fetch's stream stopped before its end (silence, a dropped connection, a channel
+    closed without an exit status); `get` reconnects and resumes after it."""
+
+
+def _transient_connect(e: Exception) -> bool:
+    """Whether a failed connect may work a moment later: the builder took the TCP
+    connection, then dropped it before the login (a reset, an EOF, a banner that did not
+    come in time). A refused login, a host key problem, no common algorithm, a refused
+    or timed-out TCP connect are final."""
+    import paramiko
+
+    if isinstance(e, (paramiko.AuthenticationException, paramiko.BadHostKeyException,
+                      paramiko.ssh_exception.IncompatiblePeer, paramiko.ssh_exception.NoValidConnectionsError)):
+        return False
+    if isinstance(e, (EOFError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return True
+    return isinstance(e, paramiko.SSHException) and (
+        str(e).startswith("Error reading SSH protocol banner") or str(e) == "Negotiation failed.")
+
+
 class Connection:
     """An authenticated SSH session to `builder`; close it (or use `with`) when done.
 
@@ -44,50 +70,70 @@ class Connection:
     changed host key, each naming the builder and the fix.
     """
 
-    def __init__(self, builder: Builder, timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, builder: Builder, timeout: float = CONNECT_TIMEOUT,
+                 log: Callable[[str], None] | None = None):
+        """Connect to `builder`: TCP connect, banner and login each bounded by `timeout`
+        seconds; a builder that drops the connection before the login is tried again
+        under retry.BUILDER_CONNECT (each retry reported through `log`)."""
+        self.builder, self.timeout, self.log = builder, timeout, log
+        self._sftp: "paramiko.SFTPClient | None" = None
+        self.client = self._connect()
+
+    def _connect(self) -> "paramiko.SSHClient":
         import paramiko
 
-        self.builder = builder
+        builder, timeout = self.builder, self.timeout
         known = builder.known_hosts or Path.home() / ".ssh" / "known_hosts"
-        client = paramiko.SSHClient()
-        if known.is_file():
-            client.load_host_keys(str(known))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
         key = str(builder.key_file) if builder.key_file else None
         if key is not None and not Path(key).is_file():
             raise BuilderRefused(f"builder {builder.name}: key_file {key} does not exist; fix key_file in builders:")
         where = f"builder {builder.name} ({builder.address})"
         target = f"[{builder.host}]:{builder.port}" if builder.port != 22 else str(builder.host)
+
+        def attempt() -> paramiko.SSHClient:
+            client = paramiko.SSHClient()
+            if known.is_file():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                client.connect(builder.host or "", port=builder.port, username=builder.user, key_filename=key,
+                               timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                               allow_agent=key is None, look_for_keys=key is None)
+            except BaseException:
+                client.close()
+                raise
+            return client
+
         try:
-            client.connect(builder.host or "", port=builder.port, username=builder.user, key_filename=key,
-                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                           allow_agent=key is None, look_for_keys=key is None)
+            client = retrying(BUILDER_CONNECT, attempt, transient=_transient_connect, what=f"connecting to {where}",
+                              log=self.log)
         except paramiko.BadHostKeyException as e:
-            client.close()
             raise BuilderRefused(
                 f"{where}: its host key CHANGED ({e.key.get_name()} {e.key.fingerprint}; {known} has another): "
                 f"someone may be intercepting the connection. If the builder was reinstalled, check the new "
                 f"fingerprint with its admin, then `ssh-keygen -R '{target}' -f {known}` and trust it again") from None
         except paramiko.AuthenticationException:
-            client.close()
             raise BuilderRefused(
                 f"{where} refused the login as {builder.user or 'the current user'} with "
                 f"{key or 'the agent and default keys'}: add its public key to ~/.ssh/authorized_keys of that "
                 "user on the builder, or set key_file in builders:") from None
         except paramiko.SSHException as e:
-            client.close()
             if "not found in known_hosts" in str(e):
                 raise BuilderRefused(
                     f"{where}: its host key is not in {known}. Check the key's fingerprint with the builder's "
                     f"admin, then trust it: `ssh-keyscan -p {builder.port} {builder.host} >> {known}` (or "
                     f"connect once with `ssh -p {builder.port} {builder.user + '@' if builder.user else ''}"
                     f"{builder.host}`)") from None
-            raise BuilderUnreachable(f"{where}: SSH failed ({e}); check that sshd runs there") from None
-        except (OSError, socket.timeout) as e:
-            client.close()
-            why = "timed out" if isinstance(e, (socket.timeout, TimeoutError)) else (e.strerror or str(e))
-            raise BuilderUnreachable(f"{where} is unreachable ({why}); check that it is up, that sshd listens on "
-                                     f"port {builder.port} and the uri in builders:") from None
+            raise BuilderUnreachable(f"{where}: SSH failed ({e}{_tries(e)}); check that sshd runs there") from None
+        except (OSError, EOFError) as e:
+            if isinstance(e, EOFError):
+                why = "it closed the connection before the login"
+            elif isinstance(e, (socket.timeout, TimeoutError)):
+                why = "timed out"
+            else:
+                why = e.strerror or str(e)
+            raise BuilderUnreachable(f"{where} is unreachable ({why}{_tries(e)}); check that it is up, that sshd "
+                                     f"listens on port {builder.port} and the uri in builders:") from None
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE)
@@ -95,8 +141,13 @@ class Connection:
         # ("Key-exchange timed out waiting for key negotiation", paramiko#822); OpenSSH's
         # server rekeys by itself (RekeyLimit, 1-4 GiB by cipher), which paramiko handles.
         transport.packetizer.REKEY_BYTES = transport.packetizer.REKEY_PACKETS = 1 << 40
-        self.client = client
-        self._sftp: "paramiko.SFTPClient | None" = None
+        return client
+
+    def reconnect(self) -> None:
+        """Drop this session and connect again (as the constructor does, same errors)."""
+        self.close()
+        self._sftp = None
+        self.client = self._connect()
 
     def __enter__(self) -> "Connection":
         return self
@@ -161,13 +212,17 @@ class Connection:
     def get(self, remote: str, local: Path, sha256: str, size: int, progress: Callable[[int], None] | None = None,
             mode: int = 0o644) -> None:
         """Download `remote` into `local`, continuing a partial `local` left by an
-        interrupted download, and check the whole file's sha256 and size.
+        interrupted download, and check the whole file's sha256 and size (bytes).
 
         The bytes come as a plain stream (`cat`, or `tail -c +N` to resume), which moves about 1.5
-        times what SFTP's request/response blocks do over the same connection. Raises
-        BuildError (and removes `local`) when the bytes do not match, when the builder
-        cannot read the file or the link stays silent for SILENT seconds, and for a
-        local write that fails (naming the path).
+        times what SFTP's request/response blocks do over the same connection. When the
+        stream drops (no byte for SILENT seconds, the connection lost, the channel closed
+        without an exit status) the session reconnects and the download resumes from
+        what `local` holds, under retry.DOWNLOAD; progress(n) counts each byte once.
+        Raises BuildError (and removes `local`) when the bytes do not match; BuildError
+        at once when the builder cannot read the file (a non-zero exit status) and for
+        a local write that fails (naming the path); BuildError after the last try when
+        the stream keeps dropping; BuilderUnreachable/BuilderRefused from a reconnect.
         """
         have = local.stat().st_size if local.exists() else 0
         if have > size:
@@ -180,39 +235,86 @@ class Connection:
                     digest.update(chunk)
             if progress:
                 progress(have)
-        transport = self.client.get_transport()
-        assert transport is not None
-        chan = transport.open_session(timeout=CONNECT_TIMEOUT)
+        tries = [0]
+
+        def attempt() -> None:
+            tries[0] += 1
+            if tries[0] > 1:
+                self.reconnect()  # a link that went silent may still look alive: never reuse it
+            self._get_once(remote, local, digest, progress, mode)
+
         try:
-            chan.settimeout(SILENT)
-            # cat copies in larger blocks than tail; tail -c +N (POSIX) starts a resumed one at byte N
-            chan.exec_command(f"tail -c +{have + 1} {shlex.quote(remote)}" if have else f"cat {shlex.quote(remote)}")
-            with open(local, "ab") as dst:
-                os.chmod(local, mode)
-                while chunk := chan.recv(CHUNK):
-                    dst.write(chunk)
-                    digest.update(chunk)
-                    if progress:
-                        progress(len(chunk))
-            chan.status_event.wait(CONNECT_TIMEOUT)
-            status = chan.exit_status if chan.status_event.is_set() else -1
-        except socket.timeout:
-            raise BuildError(f"builder {self.builder.name}: no data for {SILENT:.0f} s while fetching {remote}; "
-                             "the link is down (run the build again: the download resumes)") from None
-        except OSError as e:
-            if isinstance(e, (ConnectionError, EOFError)):
-                raise
-            raise BuildError(f"cannot write {local}: {e.strerror or e}; free space or fix the store's "
-                             "permissions, then run the build again") from None
-        finally:
-            chan.close()
-        if status != 0:
-            raise BuildError(f"builder {self.builder.name}: reading {remote} failed there (exit status {status}); "
-                             "run the build again")
+            retrying(DOWNLOAD, attempt, transient=lambda e: isinstance(e, _LinkDropped),
+                     what=f"builder {self.builder.name}: fetching {remote}", log=self.log)
+        except _LinkDropped as e:
+            raise BuildError(f"{e}{_tries(e)}") from None
         if local.stat().st_size != size or digest.hexdigest() != sha256:
             local.unlink(missing_ok=True)
             raise BuildError(f"builder {self.builder.name}: {remote} came back damaged (sha256 or size differs "
                              "from its manifest); it was discarded, run the build again")
+
+    def _get_once(self, remote: str, local: Path, digest: "hashlib._Hash",
+                  progress: Callable[[int], None] | None, mode: int) -> None:
+        """One stream of `remote` from byte len(local) on, appended to `local` and `digest`.
+        Raises _LinkDropped, or BuildError for a non-zero exit status or a write error."""
+        import paramiko
+
+        name = self.builder.name
+        have = local.stat().st_size if local.exists() else 0
+        link = (paramiko.SSHException, EOFError, OSError)
+
+        def dropped(e: BaseException) -> _LinkDropped:
+            return _LinkDropped(f"builder {name}: the connection dropped while fetching {remote} "
+                                f"({str(e) or type(e).__name__}); run the build again: the download resumes")
+
+        transport = self.client.get_transport()
+        try:
+            if transport is None or not transport.is_active():
+                raise EOFError("the SSH connection is closed")
+            chan = transport.open_session(timeout=CONNECT_TIMEOUT)
+        except link as e:
+            raise dropped(e) from None
+        try:
+            try:
+                chan.settimeout(SILENT)
+                # cat copies in larger blocks than tail; tail -c +N (POSIX) starts a resumed one at byte N
+                quoted = shlex.quote(remote)
+                chan.exec_command(f"tail -c +{have + 1} {quoted}" if have else f"cat {quoted}")
+            except link as e:
+                raise dropped(e) from None
+            try:
+                with open(local, "ab") as dst:
+                    os.chmod(local, mode)
+                    while True:
+                        try:
+                            chunk = chan.recv(CHUNK)
+                        except socket.timeout:
+                            raise _LinkDropped(f"builder {name}: no data for {SILENT:.0f} s while fetching {remote}; "
+                                               "the link is down (run the build again: the download resumes)") from None
+                        except link as e:
+                            raise dropped(e) from None
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                        digest.update(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except OSError as e:  # the local file: reads raise _LinkDropped, not OSError
+                raise BuildError(f"cannot write {local}: {e.strerror or e}; free space or fix the store's "
+                                 "permissions, then run the build again") from None
+            chan.status_event.wait(CONNECT_TIMEOUT)
+            status = chan.exit_status if chan.status_event.is_set() else -1
+        finally:
+            try:
+                chan.close()
+            except link:  # the link is gone: nothing to close there
+                pass
+        if status == -1:  # paramiko's value for a channel closed without an exit status: the link went
+            raise _LinkDropped(f"builder {name}: the stream of {remote} ended without an exit status (the "
+                               "connection dropped); run the build again: the download resumes")
+        if status != 0:
+            raise BuildError(f"builder {name}: reading {remote} failed there (exit status {status}); "
+                             "run the build again")
 
 
 def lines(chan: "paramiko.Channel", heartbeat: Callable[[], None], every: float = 1.0,
@@ -246,3 +348,9 @@ def lines(chan: "paramiko.Channel", heartbeat: Callable[[], None], every: float 
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             yield line
+
+
+def _tries(e: BaseException) -> str:
+    """"; gave up after N tries ..." from the retry helper's note on `e`, or ""."""
+    notes = getattr(e, "__notes__", None)
+    return f"; {notes[0]}" if notes else ""

@@ -58,9 +58,12 @@ class Session:
     def wait(self, timeout: float, alive: Callable[[], bool]) -> float:
         """Connect, retrying every 2 s until `timeout` seconds; returns the seconds waited.
 
-        Raises ProvisionError when `alive()` turns false (the VM stopped), when the
-        timeout passes (with the last connection error), and at once when sshd answers
-        but refuses the build key (LoginRefused): that does not change by waiting.
+        A refused connection, a reset, an EOF or timeout while reading the banner are
+        "not yet" (sshd is still starting). Raises ProvisionError when `alive()` turns
+        false (the VM stopped), when the timeout passes (with the last connection
+        error), and at once when sshd answers but refuses the build key (LoginRefused)
+        or offers no key exchange, cipher, MAC or host key type paramiko accepts
+        (paramiko's IncompatiblePeer): neither changes by waiting.
         """
         start = time.monotonic()
 
@@ -72,6 +75,12 @@ class Session:
                 raise LoginRefused(
                     f"sshd in the guest is up but {how} refused for user {self.user!r} ({e}): the answer file "
                     "must authorize {{ ssh_public_key }} for ssh.user (or set ssh.password)") from None
+            except paramiko.ssh_exception.IncompatiblePeer as e:
+                raise ProvisionError(
+                    f"sshd in the guest (127.0.0.1:{self.port}) answered, but PIM's SSH client (paramiko "
+                    f"{paramiko.__version__}) cannot agree with it on algorithms ({e}): the guest's sshd_config "
+                    "(KexAlgorithms, Ciphers, MACs, HostKeyAlgorithms) or crypto policy must allow one that "
+                    "paramiko supports, such as curve25519-sha256, aes256-ctr, hmac-sha2-256, ssh-ed25519") from None
             return True
 
         try:

@@ -12,8 +12,12 @@ with a conditional PUT (If-None-Match: *) so the first of two machines pushing t
 same key wins and the other's blobs simply stay unreferenced. Two pushes never mix
 files: each index names its own blobs by digest.
 
-Retries are botocore's (`standard` mode); large files go up as S3 multipart
-uploads (parallel parts, each retried, an unfinished upload resumed by its parts).
+Retries are botocore's (`standard` mode) for each request; large files go up as S3
+multipart uploads (parallel parts, each retried, an unfinished upload resumed by its
+parts). botocore does not retry a response body that breaks while it streams: a
+download resumes it with a Range GET under `retry.DOWNLOAD`. Per-key errors of a
+DeleteObjects answer are retried under `retry.S3_DELETE` when S3 says "slow down" or
+had an internal error, and fail naming the keys otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pim.engine.errors import BuildError
 from pim.engine.remote.spec import CacheSpec
+from pim.engine.retry import DOWNLOAD, S3_DELETE, retrying
 
 INDEX_SCHEMA = 1
 CHUNK = 1 << 20  # bytes per read while streaming a download
@@ -47,6 +52,26 @@ class CorruptBlob(RemoteCacheError):
 
 class BadIndex(CorruptBlob):
     """An object's index in the bucket cannot be read or is unsafe to follow."""
+
+
+class _StreamBroke(Exception):
+    """A GetObject body stopped part-way (reset, read timeout, short body); the cause
+    is chained. Internal: a download resumes after it, or turns it into RemoteCacheError."""
+
+
+class _KeysNotDeleted(Exception):
+    """DeleteObjects answered with per-key errors: [(key, code, message)]; `transient`
+    when every one of them is worth another try (SlowDown, InternalError...)."""
+
+    def __init__(self, errors: list[tuple[str, str, str]], transient: bool):
+        self.errors, self.transient = errors, transient
+        super().__init__(", ".join(f"{k} ({c}: {m})" if m else f"{k} ({c})" for k, c, m in errors[:5])
+                         + (f" and {len(errors) - 5} more" if len(errors) > 5 else ""))
+
+
+# Per-key DeleteObjects error codes that may clear on another try (S3's error code list:
+# 5xx-class and throttling); every other code (AccessDenied, ...) is final.
+_DELETE_TRANSIENT = ("SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "OperationAborted")
 
 
 _DIGEST = r"^[0-9a-f]{64}$"
@@ -283,32 +308,78 @@ class Bucket:
             raise self._fail("aborting unfinished uploads", e) from None
         return len(stale)
 
-    def download(self, blob: Blob, dest: Path, progress: Callable[[int], None], mode: int = 0o644) -> None:
-        """Stream blob into dest (a new file with `mode`), hashing as it comes; raises
-        CorruptBlob (dest removed) when the bytes are not the blob's size and sha256, or
-        the blob is missing (pruned under a push that still named it)."""
-        from botocore.exceptions import BotoCoreError, ClientError
+    def download(self, blob: Blob, dest: Path, progress: Callable[[int], None], mode: int = 0o644,
+                 log: Callable[[str], None] | None = None) -> None:
+        """Stream blob into dest (a new file with `mode`), hashing as it comes.
 
-        h, got = hashlib.sha256(), 0
-        try:
+        progress(n) gets each chunk's length in bytes. A body stream that breaks
+        part-way (read timeout, connection reset, short body: botocore does not retry
+        those) is resumed with a Range GET from the bytes already written, under
+        `retry.DOWNLOAD`; each retry is reported through `log`. Raises CorruptBlob
+        (dest removed) when the bytes are not the blob's size and sha256, or the blob is
+        missing (pruned under a push that still named it); RemoteCacheError (dest
+        removed) when the bucket cannot be read or the stream keeps breaking.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
+
+        s3key = self.blob_key(blob.sha256)
+        state = {"hash": hashlib.sha256(), "got": 0}
+
+        def attempt(f: Any) -> None:
+            got = state["got"]
             try:
-                body = self.client.get_object(Bucket=self.name, Key=self.blob_key(blob.sha256))["Body"]
+                rest = {"Range": f"bytes={got}-"} if got else {}
+                resp = self.client.get_object(Bucket=self.name, Key=s3key, **rest)
             except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    raise CorruptBlob(f"remote cache {self}: {dest.name} is missing (blob {blob.sha256[:12]})") from None
+                code = e.response.get("Error", {}).get("Code")
+                if code in ("NoSuchKey", "404"):
+                    raise CorruptBlob(f"remote cache {self}: {dest.name} is missing "
+                                      f"(blob {blob.sha256[:12]})") from None
+                if got and code in ("InvalidRange", "416"):
+                    return  # nothing after what we have: the size and sha256 check decides
                 raise
-            with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
-                for chunk in _chunks(body):
-                    h.update(chunk)
+            body = resp["Body"]
+            try:
+                if got and not str(resp.get("ContentRange") or "").startswith(f"bytes {got}-"):
+                    if resp.get("ContentRange"):
+                        raise RemoteCacheError(f"remote cache {self}: asked for {dest.name} from byte {got}, "
+                                               f"got {resp['ContentRange']}")
+                    f.seek(0)  # the whole object came back (Range ignored): start over
+                    f.truncate()
+                    state["hash"], state["got"] = hashlib.sha256(), 0
+                while True:
+                    chunk = _read(body)
+                    if not chunk:
+                        return
                     f.write(chunk)
-                    got += len(chunk)
+                    state["hash"].update(chunk)
+                    state["got"] += len(chunk)
                     progress(len(chunk))
+            finally:
+                body.close()
+
+        try:
+            with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+                retrying(DOWNLOAD, lambda: attempt(f), transient=lambda e: isinstance(e, _StreamBroke),
+                         what=f"remote cache {self}: downloading {dest.name}", log=log)
+        except FlexibleChecksumError as e:
+            dest.unlink(missing_ok=True)
+            raise CorruptBlob(f"remote cache {self}: {dest.name} is corrupt ({e})") from None
+        except _StreamBroke as e:
+            dest.unlink(missing_ok=True)
+            notes = "; ".join(getattr(e, "__notes__", []))
+            raise RemoteCacheError(f"remote cache {self}: downloading {dest.name} failed at byte {state['got']} of "
+                                   f"{blob.size}: {e.__cause__}" + (f" ({notes})" if notes else "")) from None
         except (BotoCoreError, ClientError) as e:
             dest.unlink(missing_ok=True)
             raise self._fail(f"downloading {dest.name}", e) from None
-        if got != blob.size or h.hexdigest() != blob.sha256:
+        except BaseException:
             dest.unlink(missing_ok=True)
-            raise CorruptBlob(f"remote cache {self}: {dest.name} is corrupt ({got} bytes, sha256 {h.hexdigest()[:12]}; "
+            raise
+        got, digest = state["got"], state["hash"].hexdigest()
+        if got != blob.size or digest != blob.sha256:
+            dest.unlink(missing_ok=True)
+            raise CorruptBlob(f"remote cache {self}: {dest.name} is corrupt ({got} bytes, sha256 {digest[:12]}; "
                               f"its index says {blob.size} bytes, sha256 {blob.sha256[:12]})")
 
     def list(self, sub: str) -> Iterator[dict[str, Any]]:
@@ -323,21 +394,56 @@ class Bucket:
             raise self._fail(f"listing {self.prefix}{sub}", e) from None
 
     def delete(self, s3keys: list[str]) -> None:
-        """Delete keys, up to 1000 per request (S3 DeleteObjects' limit)."""
+        """Delete keys, up to 1000 per request (S3 DeleteObjects' limit).
+
+        DeleteObjects answers 200 even when some keys were not deleted; those come back
+        in its `Errors`. Keys that failed with a code S3 means as "try again" (SlowDown,
+        InternalError, ServiceUnavailable...) are sent again under `retry.S3_DELETE`; a
+        key already gone (NoSuchKey) counts as deleted. Raises RemoteCacheError naming
+        the keys that were not deleted and why, and for a failed request.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
         for i in range(0, len(s3keys), 1000):
+            pending = s3keys[i:i + 1000]
+
+            def attempt() -> None:
+                nonlocal pending
+                answer = self.client.delete_objects(Bucket=self.name, Delete={
+                    "Objects": [{"Key": k} for k in pending], "Quiet": True})
+                errors = [(e.get("Key", "?"), e.get("Code", "?"), e.get("Message", ""))
+                          for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+                if errors:
+                    transient = all(code in _DELETE_TRANSIENT for _, code, _ in errors)
+                    if transient:
+                        pending = [k for k, _, _ in errors]  # the next try sends only these
+                    raise _KeysNotDeleted(errors, transient)
+
             try:
-                self.client.delete_objects(Bucket=self.name, Delete={
-                    "Objects": [{"Key": k} for k in s3keys[i:i + 1000]], "Quiet": True})
+                retrying(S3_DELETE, attempt, transient=lambda e: isinstance(e, _KeysNotDeleted) and e.transient,
+                         what=f"remote cache {self}: deleting")
+            except _KeysNotDeleted as e:
+                notes = "; ".join(getattr(e, "__notes__", []))
+                raise RemoteCacheError(f"remote cache {self}: {len(e.errors)} key(s) were not deleted: {e}"
+                                       + (f" ({notes})" if notes else "")) from None
             except (BotoCoreError, ClientError) as e:
                 raise self._fail("deleting", e) from None
 
 
-def _chunks(body: Any) -> Iterator[bytes]:
-    while True:
-        chunk = body.read(CHUNK)
-        if not chunk:
-            return
-        yield chunk
+def _read(body: Any) -> bytes:
+    """The next chunk (at most CHUNK bytes) of a GetObject body, b"" at its end. Raises
+    _StreamBroke when the stream breaks (botocore's ReadTimeoutError,
+    ResponseStreamingError or IncompleteReadError; a reset or short body from urllib3 or
+    http.client); a failed response checksum (FlexibleChecksumError) is raised as it is."""
+    import http.client
+
+    from botocore.exceptions import BotoCoreError, FlexibleChecksumError
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    try:
+        return body.read(CHUNK)
+    except FlexibleChecksumError:
+        raise
+    except (BotoCoreError, OSError, http.client.HTTPException, Urllib3Error) as e:
+        raise _StreamBroke(str(e)) from e
 

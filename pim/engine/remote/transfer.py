@@ -15,7 +15,6 @@ hold masked inputs only (`Emitter.redact_json`).
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,8 @@ def pull(bucket: Bucket, store: Store, key: str, events: Emitter, held: contextl
 
     Returns its manifest once it is published locally; None on a miss, or when the
     remote object cannot be trusted (reported as a warning; nothing is kept). The
-    objects are leased in `held`. Raises RemoteCacheError when the bucket cannot be read.
+    objects are leased in `held`. A file whose stream breaks is resumed where it broke
+    (`Bucket.download`). Raises RemoteCacheError when the bucket cannot be read.
     """
     try:
         idx = bucket.index(key)
@@ -87,7 +87,8 @@ def pull(bucket: Bucket, store: Store, key: str, events: Emitter, held: contextl
             events.log(m.stage, f"pulling {m.stage} from {bucket} ({_mib(idx.size)})")
             try:
                 for name, blob in idx.files.items():
-                    bucket.download(blob, staging / name, progress, mode=0o600 if name in PRIVATE else 0o644)
+                    bucket.download(blob, staging / name, progress, mode=0o600 if name in PRIVATE else 0o644,
+                                    log=lambda text: events.log(m.stage, text))
                 _attach(store, staging, idx, m)
             except CorruptBlob as e:
                 events.warning(m.stage, f"{e}; discarded, building instead")

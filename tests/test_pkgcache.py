@@ -61,3 +61,21 @@ def test_rejects_non_proxy_requests(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{cache.port}/pool/x.deb", timeout=5)
         assert e.value.code == 400
+
+
+def test_an_upstream_that_cannot_be_reached_is_a_502_once_and_nothing_is_stored(tmp_path: Path) -> None:
+    """Not retried by the proxy: the guest's own client (apt, d-i, dnf) retries, as it would
+    against the mirror itself. A closed port on loopback stands for an unreachable mirror."""
+    import socket
+    import urllib.error
+
+    with socket.socket() as s:  # a port that is free now and refuses connections
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+    with PackageCache(tmp_path / "pkgs") as cache:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _get(f"http://127.0.0.1:{cache.port}", url)
+        assert info.value.code == 502 and "upstream failed" in str(info.value.reason)
+        assert len(cache.upstream_requests) == 1 and cache.hits == 0
+    assert [p for p in (tmp_path / "pkgs").rglob("*") if p.is_file()] == []

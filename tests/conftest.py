@@ -80,6 +80,19 @@ def pytest_configure(config: pytest.Config) -> None:
     }
 
 
+# What `make test` holds on disk at its peak (images, stage objects and fakes' uploads in
+# the temporary folder), measured on a run of the whole suite; see the header line.
+PEAK_DISK_GIB = 12
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The free space where the suite's temporary files go: a run that fills the disk
+    fails in hundreds of places at once, so the header says what there is and what it needs."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    line = f"disk: {free:.1f} GiB free in {tempfile.gettempdir()} (the suite needs about {PEAK_DISK_GIB} GiB at its peak)"
+    return line if free >= PEAK_DISK_GIB else line + ": TOO LITTLE, free some space or set TMPDIR to a larger disk"
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test (with its function-scoped fixtures) leaves os.environ and the working

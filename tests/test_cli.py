@@ -55,3 +55,25 @@ def test_unknown_image_and_missing_config(tmp_path: Path) -> None:
     assert out.returncode == 2 and "defined: web" in out.stderr
     out = _pim("validate", "-c", str(tmp_path / "nope.yaml"))
     assert out.returncode == 2 and "cannot read" in out.stderr
+
+
+def test_an_error_given_up_after_retries_says_so_on_the_command_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    from pim.cli.common import fail
+    from pim.engine.deploy.model import DeployError
+    from pim.engine.retry import Policy, retrying
+
+    def upload() -> None:
+        raise ConnectionResetError("reset by peer")
+
+    try:
+        try:
+            retrying(Policy("quick", attempts=2, first_wait=0.01, max_wait=0.01), upload,
+                     transient=lambda e: True, what="upload", sleep=lambda s: None)
+        except ConnectionResetError as e:
+            raise DeployError(f"upload failed: {e}") from None  # as the deploy code wraps it
+    except DeployError as e:
+        code = fail(e).exit_code
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: upload failed: reset by peer"
+    assert err[1].strip().startswith("gave up after 2 tries") and "quick" in err[1]
+    assert code == 1

@@ -16,11 +16,28 @@ ConfigOpt = typer.Option(Path("pim.yaml"), "--config", "-c", help="The pim.yaml 
 
 def fail(err: BaseException) -> "typer.Exit":
     """Print an engine error on stderr; the exit code comes from its type
-    (`PimError.exit_code`: 1 build failure, 2 bad input), 1 for anything else."""
+    (`PimError.exit_code`: 1 build failure, 2 bad input), 1 for anything else.
+
+    Notes on the error or on the errors it was raised from (how often a retry policy
+    tried before giving up, pim.engine.retry) follow it, one per line."""
     from pim.engine.errors import PimError
 
     print(f"error: {err}", file=sys.stderr)
+    for note in _notes(err):
+        print(f"  {note}", file=sys.stderr)
     return typer.Exit(err.exit_code if isinstance(err, PimError) else 1)
+
+
+def _notes(err: BaseException) -> list[str]:
+    """Exception notes of err and of the chain under it (cause or context), each once."""
+    notes: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        notes += [n for n in getattr(current, "__notes__", []) if n not in notes]
+        current = current.__cause__ or current.__context__
+    return notes
 
 
 def open_store():  # type: ignore[no-untyped-def]

@@ -30,8 +30,8 @@ Facts of PVE this fake relies on (and so do the tests), each with where it comes
   wiki, "Proxmox VE API": API tokens).
 - A cluster has several nodes; VMIDs are unique cluster-wide (nextid), a VM lives on one
   node and is reached only under /nodes/<its node>/qemu/<vmid>; a node the cluster does
-  not have is an error naming it (the fake answers 595; PIM relies only on the name being
-  in the message, not on the status). A storage without the
+  not have answers 500 "hostname lookup '<node>' failed - ..." (as fakepve's
+  catalogue of PVE's error answers has it). A storage without the
   `shared` flag (dir, lvmthin) holds each node's own files; a shared one (cephfs, nfs)
   holds one set seen by all nodes. GET /nodes/<node>/storage lists them with `shared`
   (apidoc: storage index's returns; PVE admin guide, "Storage": shared flag).
@@ -188,7 +188,9 @@ class FakePve:
         self.requests.append((request.method, request.path))
         self._check_schema(request, args, params)
         if "node" in args and args["node"] not in self.nodes:
-            raise PveFail(595, f"no such cluster node '{args['node']}'")
+            node = args["node"]
+            raise PveFail(500, f"hostname lookup '{node}' failed - failed to get address info for: {node}: "
+                               "Name or service not known")
         with self.lock:
             data = getattr(self, f"_{endpoint}")(request, params, **args)
         return Response(json.dumps({"data": data}), mimetype="application/json")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pim.engine.deploy.model import BuiltImage, DeployResult
-from pim.engine.deploy.proxmox.api import Pve, create_vm, delete_volume, destroy
+from pim.engine.deploy.proxmox.api import Pve, create_vm, delete_volume, destroy, destroy_after_failure
 from pim.engine.deploy.proxmox.download import download_import
 from pim.engine.deploy.proxmox.params import has_import_content, has_tag, key_tag, upload_name, uploads_in, vm_params
 from pim.engine.deploy.proxmox.shell import deploy_via_shell, remove_upload
@@ -136,7 +136,7 @@ def deploy(target: ProxmoxTarget, image: BuiltImage, events: Emitter, target_nam
         try:
             on.wait(on.call(f"template {vmid}", on.node.qemu(vmid).template.post), f"convert VM {vmid} to a template")
         except BaseException:
-            destroy(on, vmid)
+            destroy_after_failure(on, vmid)
             raise
         events.log("deploy", f"template {vmid} on {on.node_name}")
         templates[on.node_name] = (vmid, volume)

@@ -11,7 +11,7 @@ unreachable URL, an HTTP error, a checksum mismatch) ends the deploy with PVE's 
 from __future__ import annotations
 
 from pim.engine.deploy.model import BuiltImage
-from pim.engine.deploy.proxmox.api import Pve, delete_volume, find_volume
+from pim.engine.deploy.proxmox.api import Pve, already_there
 from pim.engine.deploy.proxmox.params import upload_name
 from pim.engine.events import Emitter
 
@@ -33,12 +33,8 @@ def download_import(pve: Pve, image: BuiltImage, events: Emitter) -> tuple[str, 
     assert target.image_url is not None
     name = upload_name(image)
     volid = f"{target.upload_storage}:import/{name}"
-    existing = find_volume(pve, target.upload_storage, volid)
-    if existing and int(existing.get("size", -1)) == image.size:
-        events.log("upload", f"{volid} is already on {pve.node_name}'s storage: nothing fetched")
+    if already_there(pve, volid, image.size, events):
         return volid, False
-    if existing:  # a different size under a content address: a broken copy
-        delete_volume(pve, volid)
     url = image_url(target.image_url, image)
     events.log("upload", f"PVE node {pve.node_name} fetches {url} into {volid}")
     storage = pve.node.storage(target.upload_storage)

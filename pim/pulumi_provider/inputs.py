@@ -42,7 +42,7 @@ OPERATIONAL = frozenset({"timeout", "task_timeout", "upload_retries", "token_id"
                          "token_secret_file", "token_secret", "verify_tls", "ca_file", "ssh", "parallel", "method",
                          "s3_bucket", "s3_prefix", "image_url"})
 # Target fields a deployment follows in place: retag, copy to or remove from regions.
-IN_PLACE = frozenset({"tags", "copy_to"})
+IN_PLACE = frozenset({"tags", "copy_to", "nodes", "node"})
 PVE_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_\-+.]*$")  # PVE's pve-tag format
 RESERVED_TAG_PREFIX = "pim:"
 
@@ -211,8 +211,9 @@ def pve_tag_failures(tags: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def target_view(target: TargetSpec) -> dict[str, Any]:
-    """The target as kept in outputs and compared by diff: every field but the token secret."""
-    return target.model_dump(mode="json", exclude={"token_secret"})
+    """The target as kept in outputs and compared by diff: every field but the token secret and
+    image_url (how the bytes get there, which may hold a signed URL's signature)."""
+    return target.model_dump(mode="json", exclude={"token_secret", "image_url"})
 
 
 def target_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:

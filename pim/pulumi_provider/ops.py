@@ -83,7 +83,8 @@ def deploy(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
 
 
 def update(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
-    """In place: copy to regions added to copy_to, remove from regions dropped, retag."""
+    """In place: copy to regions added to copy_to, remove from regions dropped; make the
+    template on Proxmox nodes added to `nodes`, remove it from nodes dropped; retag."""
     from pim.engine.deploy import delete as engine_delete
     from pim.engine.deploy import deploy as engine_deploy
 
@@ -94,6 +95,15 @@ def update(job: dict[str, Any], events: Emitter) -> dict[str, Any]:
             events.log("deploy", f"{region} left copy_to: removing this build's AMI there")
             engine_delete(target.model_copy(update={"region": region, "copy_to": []}),
                           BuiltImage(job["image_name"], job["image_key"], None), events)
+    else:
+        view = old.get("target_view") or {}
+        dropped = [n for n in (view.get("nodes") or [view.get("node")]) if n and n not in target.nodes]
+        if dropped:
+            events.log("deploy", f"{', '.join(dropped)} left nodes: removing this build's template there")
+            from pim.engine.deploy.proxmox.backend import delete_on
+
+            delete_on(target, dropped, BuiltImage(job["image_name"], job["image_key"], None,
+                                                  job.get("image_sha256") or ""), events, base)
     image = built_image(job, required=False)
     result = engine_deploy(target, image, events, target_name=name, base_dir=base)
     if isinstance(target, AwsTarget):

@@ -83,7 +83,7 @@ def test_one_template_per_node_from_one_upload_per_node(cluster: Any, pve_env: s
     assert proxmox.exists(target, disk.image, events.emitter).ids()["vmids"] == vmids
 
     removed = proxmox.delete(target, disk.image, events.emitter)
-    assert sorted(removed) == sorted([f"vm/{v}" for v in vmids.values()] + [f"{n}/{volid}" for n in NODES])
+    assert sorted(removed) == sorted([f"vm/{v}" for v in vmids.values()] + [volid, f"pve2/{volid}", f"pve3/{volid}"])
     assert cluster.vms == {} and all(files == {} for files in cluster.node_files.values())
 
 
@@ -159,3 +159,38 @@ def test_a_node_the_cluster_does_not_have_is_named(cluster: Any, pve_env: str, p
     target = pve_target(cluster, pve_cert[0], nodes=["pve1", "pve9"])
     with pytest.raises(DeployError, match="pve9"):
         proxmox.deploy(target, disk.image, events.emitter)
+
+
+def test_image_url_must_hold_no_credentials_and_well_formed_placeholders(cluster: Any, pve_cert: tuple) -> None:
+    from pydantic import ValidationError
+
+    for url, says in [("https://me:pw@images.invalid/{filename}", "must not hold a user or password"),
+                      ("https://images.invalid/{filename}?sig=a}b", "literal brace"),
+                      ("https://images.invalid/{0}", "unknown placeholder")]:
+        with pytest.raises(ValidationError, match=says):
+            pve_target(cluster, pve_cert[0], image_url=url)
+
+
+def test_a_signed_image_urls_signature_stays_out_of_events_and_errors(cluster: Any, pve_env: str, pve_cert: tuple,
+                                                                      disk: Disk, events: Recorder,
+                                                                      web: tuple[str, Path]) -> None:
+    url, root = web
+    (root / "stale.qcow2").write_bytes(b"other bytes" * 100)
+    signature = "X-Sig=0123456789abcdef0123456789abcdef"
+    target = pve_target(cluster, pve_cert[0], image_url=f"{url}/stale.qcow2?{signature}")
+    with pytest.raises(DeployError) as info:
+        proxmox.deploy(target, disk.image, events.emitter)
+    assert "checksum mismatch" in str(info.value)
+    assert signature not in str(info.value) and signature not in " ".join(info.value.tail)
+    assert signature not in events.text() and "stale.qcow2?…" in events.text()
+    assert cluster.downloads == [("pve1", f"{url}/stale.qcow2?{signature}")]  # PVE itself got the real URL
+
+
+def test_image_url_still_needs_the_builds_manifest(cluster: Any, pve_env: str, pve_cert: tuple, disk: Disk,
+                                                   events: Recorder) -> None:
+    from dataclasses import replace
+
+    target = pve_target(cluster, pve_cert[0], image_url="https://images.invalid/{filename}")
+    with pytest.raises(InputError, match="no build of demo"):
+        proxmox.deploy(target, replace(disk.image, path=None), events.emitter)
+    assert cluster.downloads == [] and cluster.vms == {}

@@ -465,3 +465,20 @@ def test_a_failed_cleanup_after_the_node_shell_import_does_not_hide_the_first_er
         proxmox.deploy(through(proxy, pve, pve_cert, ssh=setup.ssh), disk.image, events.emitter)
     assert err.value.status == 500 and proxy.count("POST", r"/qemu/\d+/config$") == 1  # a write: not repeated
     assert "VM 100 was left behind" in warnings(events)
+
+
+def test_a_read_that_runs_into_the_request_timeout_still_gets_more_tries() -> None:
+    """A policy's deadline counts the tries' own time; a hung request takes target.timeout,
+    so the PVE client's policies leave room for two more tries after one."""
+    from pim.engine.deploy.proxmox.api import Pve
+    from pim.engine.retry import PVE_READ, PVE_TASK_POLL
+
+    class Target:
+        timeout = 60.0
+
+    pve = Pve.__new__(Pve)
+    pve.target = Target()  # type: ignore[assignment]
+    for policy in (PVE_READ, PVE_TASK_POLL):
+        patient = pve._patient(policy)
+        assert patient.deadline is not None and patient.deadline >= policy.deadline + 2 * Target.timeout
+        assert patient.attempts == policy.attempts

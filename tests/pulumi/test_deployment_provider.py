@@ -104,7 +104,9 @@ def test_diff_of_proxmox_nodes_and_an_older_releases_target_view() -> None:
     # a view kept before `nodes` existed means nodes: [node]; the same target is no change
     assert diff(base).changes is False
     assert diff({**base, "image_url": "https://images.invalid/{filename}"}).changes is False  # how, not what
-    assert diff({**{k: v for k, v in base.items() if k != "node"}, "nodes": ["pve1", "pve2"]}).replaces == ["target"]
+    more = diff({**{k: v for k, v in base.items() if k != "node"}, "nodes": ["pve1", "pve2"]})
+    assert more.changes is True and more.replaces == []  # a node added is followed in place
+    assert diff({**base, "storage": "other"}).replaces == ["target"]
 
 
 def test_diff_a_new_build_replaces_creating_first() -> None:
@@ -205,3 +207,28 @@ def test_a_missing_build_is_explained(project: Project, aws: str) -> None:
     image = {**image_outs(project), "manifest_path": "/nonexistent/manifest.json"}
     with pytest.raises(InputError, match="not in PIM's cache any more"):
         DeploymentProvider().create(inputs(image, aws_target(aws)))
+
+
+def test_proxmox_nodes_added_and_dropped_are_followed_in_place(project: Project, tmp_path: Any, pve_cert: tuple,
+                                                              pve_env: str) -> None:
+    from tests.deploy.pve_fake import FakePve
+
+    cluster = FakePve(tmp_path / "pve", nodes=["pve1", "pve2"]).start(*pve_cert)
+    try:
+        p = DeploymentProvider()
+        image = image_outs(project)
+        one = {k: v for k, v in pve_target(cluster, pve_cert[0]).items() if k != "node"} | {"nodes": ["pve1"]}
+        created = p.create(inputs(image, one))
+        first = created.outs["vmids"]["pve1"]
+        both = {**one, "nodes": ["pve1", "pve2"]}
+        assert p.diff(created.id, created.outs, inputs(image, both)).replaces == []
+        grown = p.update(created.id, created.outs, inputs(image, both)).outs
+        assert grown["vmids"]["pve1"] == first and set(grown["vmids"]) == {"pve1", "pve2"}
+        assert cluster.vm_node == {first: "pve1", grown["vmids"]["pve2"]: "pve2"}
+        shrunk = p.update(created.id, grown, inputs(image, {**one, "nodes": ["pve2"]})).outs
+        assert shrunk["vmids"] == {"pve2": grown["vmids"]["pve2"]} and shrunk["node"] == "pve2"
+        assert cluster.vm_node == {grown["vmids"]["pve2"]: "pve2"}  # pve1's template is gone
+        assert cluster.node_files["pve1"] == {}  # and its upload
+        assert cluster.schema_errors == []
+    finally:
+        cluster.stop()

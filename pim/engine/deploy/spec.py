@@ -166,10 +166,17 @@ class ProxmoxTarget(_Model):
         if url.scheme not in ("http", "https") or not url.hostname or re.search(r"\s", v):
             raise ValueError(f"{v!r} is not an http(s) URL PVE can download from: write e.g. "
                              "https://images.example/{filename}")
+        if url.username or url.password:
+            raise ValueError("image_url must not hold a user or password (it would reach PVE's task log and "
+                             "this deploy's state): use a URL the PVE node may fetch as it is, e.g. a signed one")
         unknown = set(re.findall(r"{([^}]*)}", v)) - {"name", "key", "sha256", "filename"}
         if unknown:
             raise ValueError(f"image_url {v!r}: unknown placeholder(s) {', '.join(sorted(unknown))}: "
                              "use {name}, {key}, {sha256} or {filename}")
+        try:
+            v.format(name="n", key="k", sha256="s", filename="f")
+        except (ValueError, IndexError, AttributeError) as e:
+            raise ValueError(f"image_url {v!r}: {e}: write a literal brace as {{{{ or }}}}") from None
         return v
 
     @model_validator(mode="before")

@@ -60,7 +60,8 @@ class Pve:
         proxmoxer get/post/put/delete, or the one of those names a lambda uses. Anything
         else counts as a write. What is tried again (pim.engine.retry; each retry logged
         as a warning):
-        - a read (GET) under `policy` (default PVE_READ) after PveConnectionError, or a
+        - a read (GET) under `policy` (default PVE_READ, its deadline widened by two request
+          timeouts: a deadline counts the tries' own time) after PveConnectionError, or a
           PveError whose `transient` is true (502/503/504, 595-597, a lock timeout);
         - a write (POST/PUT/DELETE) under `policy` (default PVE_LOCKED) only when PVE
           surely did nothing (`PveError.not_carried_out`: a 500 lock timeout, a 595), or
@@ -99,9 +100,16 @@ class Pve:
         if not retry:
             return once()
         read = verb == "GET"
-        return retrying(policy or (PVE_READ if read else PVE_LOCKED), once,
+        return retrying(policy or self._patient(PVE_READ if read else PVE_LOCKED), once,
                         transient=_transient_read if read else _transient_write, what=what,
                         log=lambda line: self.events.warning("deploy", line))
+
+    def _patient(self, policy: Policy) -> Policy:
+        """`policy` with room for two more tries after one that ran into the request timeout:
+        a deadline counts the tries' own time, and a hung request takes target.timeout."""
+        if policy.deadline is None:
+            return policy
+        return replace(policy, deadline=policy.deadline + 2 * self.target.timeout)
 
     def version(self) -> tuple[int, int, int]:
         return parse_version(str(self.call("GET /version", self.api.version.get).get("version", "")))
@@ -126,7 +134,8 @@ class Pve:
 
         def stopped() -> bool:
             left = max(0.0, ends - time.monotonic())
-            policy = replace(PVE_TASK_POLL, deadline=min(PVE_TASK_POLL.deadline or left, left))
+            patient = self._patient(PVE_TASK_POLL)
+            policy = replace(patient, deadline=min(patient.deadline or left, left))
             status = self.call(f"task status of {what}", tasks.status.get, method="GET", policy=policy)
             if status.get("status") != "stopped":
                 return False

@@ -110,7 +110,7 @@ def deploy(target: ProxmoxTarget, image: BuiltImage, events: Emitter, target_nam
             todo.append(on)
     if not todo:
         return _result(target_name, target, image, templates, False, {})
-    if image.path is None and not (target.image_url and image.sha256):
+    if image.path is None:  # image_url too needs the build's manifest: its size, firmware, arch
         raise InputError(f"no build of {image.name} with key {image.key[:16]} to upload")
     version = pve.version()
     release = ".".join(map(str, version))
@@ -118,7 +118,7 @@ def deploy(target: ProxmoxTarget, image: BuiltImage, events: Emitter, target_nam
         raise InputError(f"PVE {release}: {'nodes' if len(target.nodes) > 1 else 'image_url'} needs PVE 8.4 or "
                          "later (import content); deploy to one node without image_url, or upgrade PVE")
     t0, sent, placed = time.monotonic(), 0, {}
-    shared = has_import_content(version) and len(todo) > 1 and shared_storage(pve, target.upload_storage)
+    shared = has_import_content(version) and len(todo) > 1 and shared_storage(todo[0], target.upload_storage)
     for on in todo:
         if has_import_content(version):
             scope = "shared" if shared else on.node_name
@@ -160,10 +160,20 @@ def exists(target: ProxmoxTarget, image: BuiltImage, events: Emitter, target_nam
 
 def delete(target: ProxmoxTarget, image: BuiltImage, events: Emitter, base_dir: Path | None = None) -> list[str]:
     """Remove the template(s) of this build and the uploaded volumes on every node of the
-    target. Already gone is success. Returns what was removed ("vm/<vmid>", volids)."""
+    target. Already gone is success. Returns what was removed ("vm/<vmid>", volids;
+    "<node>/<volid>" on other nodes than the first).
+
+    Only the target's nodes are searched: another target may hold a template of the same
+    build on another node of the cluster, with the same tag."""
+    return delete_on(target, target.nodes, image, events, base_dir)
+
+
+def delete_on(target: ProxmoxTarget, nodes: list[str], image: BuiltImage, events: Emitter,
+              base_dir: Path | None = None) -> list[str]:
+    """delete() on `nodes` only (nodes dropped from a target's `nodes`, say)."""
     pve = Pve(target, events, base_dir)
     removed: list[str] = []
-    for node in target.nodes:
+    for node in nodes:
         on = pve.on(node)
         uploads = {f"{target.upload_storage}:import/{upload_name(image)}"} if image.sha256 else set()
         for vm in _tagged(on, image):
@@ -176,7 +186,7 @@ def delete(target: ProxmoxTarget, image: BuiltImage, events: Emitter, base_dir: 
                 if remove_upload(target, volume.removeprefix("ssh:"), events, base_dir):
                     removed.append(volume)
             elif delete_volume(on, volume):
-                removed.append(volume if len(target.nodes) == 1 else f"{node}/{volume}")
+                removed.append(volume if node == target.node else f"{node}/{volume}")
     for what in removed:
         events.log("delete", f"removed {what}")
     return removed

@@ -10,7 +10,10 @@ unreachable URL, an HTTP error, a checksum mismatch) ends the deploy with PVE's 
 
 from __future__ import annotations
 
-from pim.engine.deploy.model import BuiltImage
+from typing import Any
+from urllib.parse import urlsplit
+
+from pim.engine.deploy.model import BuiltImage, DeployError
 from pim.engine.deploy.proxmox.api import Pve, already_there
 from pim.engine.deploy.proxmox.params import upload_name
 from pim.engine.events import Emitter
@@ -36,9 +39,26 @@ def download_import(pve: Pve, image: BuiltImage, events: Emitter) -> tuple[str, 
     if already_there(pve, volid, image.size, events):
         return volid, False
     url = image_url(target.image_url, image)
-    events.log("upload", f"PVE node {pve.node_name} fetches {url} into {volid}")
+    query = urlsplit(url).query  # a signed URL's signature: a secret while it is valid
+    shown = url.replace(query, "…") if query else url
+    events.add_secret(query or None)
+    events.log("upload", f"PVE node {pve.node_name} fetches {shown} into {volid}")
     storage = pve.node.storage(target.upload_storage)
-    upid = pve.call(f"download-url {name}", lambda: storage("download-url").post(
-        content="import", filename=name, url=url, checksum=image.sha256, **{"checksum-algorithm": "sha256"}))
-    pve.wait(upid, f"download of {url} by {pve.node_name}")
+    try:
+        upid = pve.call(f"download-url {name}", lambda: storage("download-url").post(
+            content="import", filename=name, url=url, checksum=image.sha256, **{"checksum-algorithm": "sha256"}))
+        pve.wait(upid, f"download of {shown} by {pve.node_name}")
+    except DeployError as e:
+        if not query:
+            raise
+        # PVE's task log names the URL it fetched: keep the signature out of the error
+        raise DeployError(_redact(e.args[0] if e.args else "", query), _redact(e.tail, query)) from None
     return volid, True
+
+
+def _redact(value: Any, secret: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(secret, "…")
+    if isinstance(value, list):
+        return [_redact(v, secret) for v in value]
+    return value

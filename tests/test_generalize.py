@@ -55,7 +55,9 @@ INSTALLED = {
 CLOUD_GONE = [
     "etc/cloud/cloud.cfg.d/99-installer.cfg", "etc/cloud/cloud.cfg.d/subiquity-disable-cloudinit-networking.cfg",
     "etc/cloud/cloud.cfg.d/90-installer-network.cfg", "etc/cloud/cloud.cfg.d/curtin-preserve-sources.cfg",
-    "etc/cloud/cloud-init.disabled", "var/lib/cloud/instances", "var/log/cloud-init.log"]
+    "etc/cloud/cloud-init.disabled"]
+# on or off: the build VM's cloud-init instance and logs (the stand-in has cloud-init installed)
+CLOUD_STATE_GONE = ["var/lib/cloud/instances", "var/log/cloud-init.log"]
 GONE = [
     "etc/netplan/00-installer-config.yaml", "etc/netplan/50-cloud-init.yaml",
     "etc/udev/rules.d/70-persistent-net.rules", "var/lib/dhcp/dhclient.ens3.leases",
@@ -105,8 +107,10 @@ def test_an_installed_root_is_generalized(tmp_path: Path, shell: str, cloud_init
         out = generalize(root, tmp_path, cloud_init, ["sh"], os.environ["PATH"])
     else:
         out = generalize(root, tmp_path, cloud_init, ["busybox", "sh"], busybox_path(tmp_path))
-    left = [rel for rel in GONE + (CLOUD_GONE if cloud_init else []) if (root / rel).exists()]
+    left = [rel for rel in GONE + CLOUD_STATE_GONE + (CLOUD_GONE if cloud_init else []) if (root / rel).exists()]
     assert left == [], out
+    if not cloud_init:  # off: the installer's settings that keep cloud-init inert stay
+        assert (root / "etc/cloud/cloud-init.disabled").exists()
     # identity: machine-id empty (a clone makes its own at first boot), host keys gone
     assert (root / "etc/machine-id").read_text() == ""
     # the build key is gone, the user's own stays

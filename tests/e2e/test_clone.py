@@ -196,3 +196,46 @@ def test_networking_came_up_by_dhcp_on_each_clones_own_mac(clones: dict[str, Clo
 def test_no_installer_or_build_vm_file_remains(clones: dict[str, Clone]) -> None:
     for c in clones.values():
         assert c.facts["leftovers"] == [], f"clone {c.name} still has {c.facts['leftovers']}"
+
+
+def test_a_clone_of_an_image_built_without_cloud_init_gets_its_own_identity(
+        fixture_iso: Path, tmp_path_factory: pytest.TempPathFactory, pim_cache: Path, module_pim_env: None) -> None:
+    """finalize.cloud_init: false. Nothing in the image makes a clone's identity but what
+    generalization leaves: systemd's first-boot machine-id, PIM's first-boot host-key unit
+    (Debian's sshd makes none), and networking by DHCP on whatever NIC the clone has."""
+    folder = tmp_path_factory.mktemp("no-cloud-init")
+    # a cloud-init instance of the build VM, as an installer's run of cloud-init leaves one
+    instance = {"type": "shell", "name": "build-vm-cloud-init-instance", "inline":
+                "mkdir -p /var/lib/cloud/instances/build-vm && echo build-vm > /var/lib/cloud/instances/build-vm/iid"
+                " && echo ran > /var/log/cloud-init.log"}
+    cfg = load_config(make_config(folder, fixture_iso, name="plain", provision=[RECORD, instance],
+                                  finalize={"cloud_init": False}))
+    built = build(cfg, "plain", Emitter(), store=Store(pim_cache)).path
+    disk, port, mac = folder / "clone.qcow2", free_port(), "52:54:00:00:0c:0c"
+    img.create(disk, "4G", backing=built)
+    vm_cfg = VmConfig(name="clone-plain", disk=disk, serial_log=folder / "serial.log",
+                      runtime=RuntimeFiles.for_name("clone-plain"), memory_mib=1024, ssh_forward=port, mac=mac)
+    with Machine(vm_cfg, Emitter(), "clone") as vm:
+        agent = vm.agent(timeout=300)
+        deadline = time.monotonic() + 300
+        while agent.exec(["/usr/bin/test", "-s", "/etc/ssh/ssh_host_ed25519_key.pub"])[0] != 0:
+            assert time.monotonic() < deadline, "no SSH host key was made at first boot"
+            time.sleep(2)
+        key = agent.file_read("/etc/ssh/ssh_host_ed25519_key.pub").decode().split()[1]
+        machine_id = agent.file_read("/etc/machine-id").decode().strip()
+        build_id = {n: agent.file_read(f"/root/build-identity/{n}").decode().strip() for n in ("machine-id", "host-key")}
+        _, addrs, _ = agent.exec(["/usr/sbin/ip", "-4", "-o", "addr", "show"])
+        # the fixture's installer put cloud-init in; off, PIM still forgets the build VM's instance
+        _, left, _ = agent.exec(["/bin/sh", "-c", "ls -d /var/lib/cloud/instances/build-vm 2>/dev/null; "
+                                 "grep -l '^ran$' /var/log/cloud-init.log 2>/dev/null; true"])
+        transport = paramiko.Transport(("127.0.0.1", port))
+        try:  # sshd answers with the clone's own key (no login: the build key is gone, and no seed adds one)
+            transport.start_client(timeout=60)
+            served = transport.get_remote_server_key().get_base64()
+        finally:
+            transport.close()
+        vm.stop(graceful=120)
+    assert left.decode().split() == []  # no clone takes itself for the build VM
+    assert len(machine_id) == 32 and machine_id != build_id["machine-id"]
+    assert key != build_id["host-key"].split()[1] and served == key
+    assert any("10.0.2.15/24" in line and "dynamic" in line for line in addrs.decode().splitlines()), addrs

@@ -30,10 +30,6 @@ if [ "$PIM_CLOUD_INIT" = 1 ]; then
     else say "cannot install cloud-init: no apt-get, dnf, yum or zypper"; exit 3
     fi
   fi
-  # What `cloud-init clean --logs --seed` does, without starting cloud-init's
-  # Python (15 s under emulation): forget every instance, seed and log.
-  say "cleaning cloud-init state"
-  rm -rf "$R"/var/lib/cloud/* "$R"/var/log/cloud-init.log "$R"/var/log/cloud-init-output.log
   # What installers leave for their own run of cloud-init (subiquity, curtin): the
   # datasource pinned to None, networking off, the build VM's network, apt sources
   # kept as installed, cloud-init disabled. A clone's datasource decides instead.
@@ -41,6 +37,14 @@ if [ "$PIM_CLOUD_INIT" = 1 ]; then
   rm -f "$R"/etc/cloud/cloud-init.disabled "$R"/etc/cloud/cloud.cfg.d/99-installer.cfg \
     "$R"/etc/cloud/cloud.cfg.d/subiquity-disable-cloudinit-networking.cfg \
     "$R"/etc/cloud/cloud.cfg.d/90-installer-network.cfg "$R"/etc/cloud/cloud.cfg.d/curtin-preserve-sources.cfg
+fi
+# Whenever cloud-init is there (installed by PIM, or by the installer with cloud_init off):
+# what `cloud-init clean --logs --seed` does, without starting cloud-init's Python (15 s
+# under emulation): forget every instance, seed and log, so no clone takes itself for the
+# build VM. With cloud_init off the installer's own settings stay (they keep it inert).
+if [ -d "$R"/var/lib/cloud ] || [ -d "$R"/etc/cloud ]; then
+  say "cleaning cloud-init state"
+  rm -rf "$R"/var/lib/cloud/* "$R"/var/log/cloud-init.log "$R"/var/log/cloud-init-output.log
 fi
 # The package list for the SBOM, read now that every package is in and before any
 # cleaning; into /run (tmpfs: never part of the image), where PIM reads and removes it.

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,32 @@ def test_tcg_probe_runs_an_aarch64_guest(tmp_path: Path, monkeypatch: pytest.Mon
     verdict = accel.choose("aarch64", fresh=True)
     assert verdict.accel == "tcg" and "works" in verdict.tried["tcg"]
     assert verdict.reason == "TCG: this host has no hardware acceleration for aarch64 guests"
+
+
+def test_a_hung_accelerator_costs_twice_the_emulated_probe_not_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in for a hung KVM: a real QEMU whose vCPU never runs (-S), raced
+    against TCG. The race gives up on it once TCG answered and it had twice as long."""
+    real_start = accel.start
+
+    def start(argv: list[str], **kw):  # type: ignore[no-untyped-def]
+        if "pc,accel=kvm" in argv:
+            argv = [a.replace("accel=kvm", "accel=tcg") for a in argv] + ["-S"]
+        return real_start(argv, **kw)
+
+    monkeypatch.setattr(accel, "start", start)
+    monkeypatch.setattr(accel.os, "access", lambda path, mode: True)
+    (kvm, kvm_ok, kvm_what), (tcg, tcg_ok, tcg_what) = accel.race(["kvm", "tcg"], timeout=30)
+    assert (kvm, kvm_ok, tcg, tcg_ok) == ("kvm", False, "tcg", True), (kvm_what, tcg_what)
+    waited, emulated = (float(x) for x in re.findall(r"in ([\d.]+)s", kvm_what))
+    assert "made no progress" in kvm_what and "while tcg ran it" in kvm_what
+    assert waited >= max(2 * emulated, emulated + accel.GRACE) - 0.05 and waited < 30
+
+
+def test_a_working_better_accelerator_wins_and_a_failing_one_is_passed_over() -> None:
+    """tcg raced against itself under another name: the better one is chosen as soon
+    as it answers; an accelerator QEMU refuses is decided at once."""
+    decided = accel.race(["tcg", "tcg"])
+    assert len(decided) == 1 and decided[0][:2] == ("tcg", True)
+    (bad, bad_ok, bad_what), (tcg, tcg_ok, _) = accel.race(["no-such-accel", "tcg"])
+    assert (bad, bad_ok, tcg, tcg_ok) == ("no-such-accel", False, "tcg", True)
+    assert bad_what.startswith("QEMU exited")

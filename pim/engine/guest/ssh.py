@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import posixpath
 import shlex
 import socket
 import time
@@ -20,6 +19,9 @@ from pim.engine.wait import until
 
 TAIL_LINES = 40
 POLL = 1.0  # seconds a channel read waits before the loop looks again
+KNOCK = 0.1  # seconds between looks for sshd while the guest boots
+KNOCK_PATIENCE = 1.0  # seconds a look waits for sshd's first bytes, at first
+BANNER_TIMEOUT = 20.0  # seconds sshd may take to send them once it listens
 
 # Connecting while sshd is still starting fails many times by design; paramiko
 # would print each failure's traceback. We report the last error ourselves.
@@ -54,22 +56,31 @@ class Session:
         self.port, self.user, self.key, self.password = port, user, key, password
         self.events, self.stage = events, stage
         self.client: paramiko.SSHClient | None = None
+        self.banner_at: float | None = None  # monotonic time sshd first answered (set by `wait`)
 
     def wait(self, timeout: float, alive: Callable[[], bool]) -> float:
-        """Connect, retrying every 2 s until `timeout` seconds; returns the seconds waited.
+        """Connect as soon as sshd answers, within `timeout` seconds; returns the seconds waited.
 
-        A refused connection, a reset, an EOF or timeout while reading the banner are
-        "not yet" (sshd is still starting). Raises ProvisionError when `alive()` turns
-        false (the VM stopped), when the timeout passes (with the last connection
-        error), and at once when sshd answers but refuses the build key (LoginRefused)
-        or offers no key exchange, cipher, MAC or host key type paramiko accepts
-        (paramiko's IncompatiblePeer): neither changes by waiting.
+        Every KNOCK seconds a plain TCP connection looks for sshd's first bytes (peeked,
+        not read); the SSH handshake then runs on that same connection, so sshd starts
+        one session, not two. A refused connection, an EOF (QEMU's forward found nothing
+        listening in the guest) or no answer within the knock's own deadline (the guest's
+        network is not up; the deadline doubles while that lasts, up to 20 s) are "not
+        yet". `banner_at` is the monotonic time sshd first answered. Raises
+        ProvisionError when `alive()` turns false (the VM stopped), when the timeout
+        passes (with the last connection error), and at once when sshd answers but
+        refuses the build key (LoginRefused) or offers no key exchange, cipher, MAC or
+        host key type paramiko accepts (paramiko's IncompatiblePeer): neither changes
+        by waiting.
         """
         start = time.monotonic()
+        patience = [KNOCK_PATIENCE]
 
         def connected() -> bool:
+            sock = self._knock(patience)
+            self.banner_at = self.banner_at or time.monotonic()
             try:
-                self._connect()
+                self._connect(sock)
             except paramiko.AuthenticationException as e:
                 how = "the build key and ssh.password were" if self.password else "the build key was"
                 raise LoginRefused(
@@ -84,7 +95,7 @@ class Session:
             return True
 
         try:
-            until(connected, what=f"SSH on 127.0.0.1:{self.port}", timeout=timeout, interval=2.0, alive=alive,
+            until(connected, what=f"SSH on 127.0.0.1:{self.port}", timeout=timeout, interval=KNOCK, alive=alive,
                   ignore=(paramiko.SSHException, OSError, EOFError))
         except WaitAborted as e:
             raise ProvisionError(f"the VM stopped while waiting for SSH ({_last(e)})") from None
@@ -92,7 +103,31 @@ class Session:
             raise ProvisionError(f"SSH did not come up within {timeout:.0f}s (last error: {_last(e)})") from None
         return time.monotonic() - start
 
-    def _connect(self) -> None:
+    def _knock(self, patience: list[float]) -> socket.socket:
+        """A connection on which sshd has sent its first bytes.
+
+        `patience[0]`: seconds to wait for them; a wait that runs out doubles it (up to
+        BANNER_TIMEOUT) and raises socket.timeout, an EOF sets it back and raises
+        EOFError. Raises OSError when the connection is refused.
+        """
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=patience[0])
+        try:
+            sock.settimeout(patience[0])
+            first = sock.recv(4, socket.MSG_PEEK)
+        except socket.timeout:
+            sock.close()
+            patience[0] = min(2 * patience[0], BANNER_TIMEOUT)
+            raise
+        except BaseException:
+            sock.close()
+            raise
+        if not first:
+            sock.close()
+            patience[0] = KNOCK_PATIENCE
+            raise EOFError("the connection was closed before sshd's banner (nothing listens on port 22 yet)")
+        return sock
+
+    def _connect(self, sock: socket.socket | None = None) -> None:
         self.close()
         client = paramiko.SSHClient()
         # The guest's host key is new on every build and the connection never
@@ -101,11 +136,13 @@ class Session:
         try:
             client.connect(
                 "127.0.0.1", port=self.port, username=self.user, pkey=self.key.pkey(),
-                password=self.password, allow_agent=False, look_for_keys=False,
-                timeout=10, banner_timeout=20, auth_timeout=20,
+                password=self.password, allow_agent=False, look_for_keys=False, sock=sock,
+                timeout=10, banner_timeout=BANNER_TIMEOUT, auth_timeout=20,
             )
         except BaseException:
             client.close()
+            if sock is not None:
+                sock.close()
             raise
         self.client = client
 
@@ -122,8 +159,9 @@ class Session:
     def _sudo(self, command: str) -> str:
         return command if self.user == "root" else f"sudo -n sh -c {shlex.quote(command)}"
 
-    def run(self, label: str, command: str, check: bool = True) -> tuple[int, list[str]]:
-        """Run a command, streaming output as events. Returns (status, tail); -1 if the connection dropped."""
+    def run(self, label: str, command: str, check: bool = True, stdin: bytes | None = None) -> tuple[int, list[str]]:
+        """Run a command, streaming output as events, with `stdin` (then EOF) as its
+        standard input when given. Returns (status, tail); -1 if the connection dropped."""
         assert self.client is not None
         transport = self.client.get_transport()
         assert transport is not None
@@ -133,6 +171,9 @@ class Session:
         # `sleep 600`) never holds the main thread in a wait that only data could end.
         chan.settimeout(POLL)
         chan.exec_command(self._sudo(command))
+        if stdin is not None:
+            chan.sendall(stdin)
+            chan.shutdown_write()
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         buf = b""
         while True:
@@ -173,15 +214,15 @@ class Session:
         self.events.log(self.stage, f"[{label}] {line}", source="ssh")
 
     def upload(self, data: bytes, destination: str, mode: int) -> None:
-        """Write data to destination (as root via a temp file when the user is not root)."""
-        assert self.client is not None
-        with self.client.open_sftp() as sftp:
-            tmp = f"/tmp/.pim-upload-{posixpath.basename(destination)}"
-            with sftp.open(tmp, "wb") as f:
-                f.write(data)
-            sftp.chmod(tmp, mode)
-        d = shlex.quote(destination)
-        self.run(f"upload {destination}", f"mkdir -p \"$(dirname {d})\" && mv -f {tmp} {d} && chmod {mode:o} {d}")
+        """Write data to destination with mode (as root when the user is not root): one
+        command that reads the data on its standard input, writes a file beside
+        destination and renames it into place, so a reader never sees half a file (one
+        that fails leaves none). Raises ProvisionError when the command fails.""" 
+        d, tmp = shlex.quote(destination), shlex.quote(f"{destination}.pim-upload")
+        self.run(f"upload {destination}",
+                 f"if [ -d {d} ]; then echo \"{destination} is a folder: name the file to write\" >&2; exit 1; fi; "
+                 f"mkdir -p \"$(dirname {d})\" && cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {d} "
+                 f"|| {{ rc=$?; rm -f {tmp}; exit $rc; }}", stdin=data)
 
 
 def script_command(path: str, env: dict[str, str]) -> str:

@@ -72,6 +72,33 @@ def test_build_fetched_answer_ran_steps_and_published(built) -> None:
         "write-marker", "upload /etc/pim-e2e/motd", "fetch-package", "reboot", "after-reboot"]
 
 
+def test_every_stage_records_where_its_time_went(built) -> None:
+    """Each stage's phases are in its facts and in the events; a boot is split at the
+    console's milestones; QEMU's running time is reported for every VM."""
+    _, result, events = built
+    stages = result.manifest().stages
+    names = {stage: [p["phase"] for p in stages[stage]["phases"]] for stage in ("install", "provision", "final")}
+    assert names["install"][:4] == ["disk, answer files and boot files", "QEMU start", "firmware", "kernel"]
+    assert names["install"][-1] == "installer"
+    assert names["provision"][-1] == "shutdown" and "generalize" in names["provision"]
+    assert [n for n in names["provision"] if n.startswith("step ")] == [
+        "step 1:write-marker", "step 2:upload /etc/pim-e2e/motd", "step 3:fetch-package", "step 4:reboot",
+        "step 5:after-reboot"]
+    assert names["final"][0].startswith("convert") and names["final"][-1] == "SBOM and provenance"
+    for stage in ("install", "provision", "final"):
+        phases = stages[stage]["phases"]
+        assert all(p["seconds"] >= 0 for p in phases)
+        assert sum(p["seconds"] for p in phases) <= stages[stage]["seconds"] + 1.0
+    if not stages["boot"].get("cached"):
+        boot = [p["phase"] for p in stages["boot"]["phases"]]
+        assert boot == ["overlay", "QEMU start", "firmware", "kernel", "userspace to sshd", "SSH login",
+                        "guest agent", "save state", "QEMU exit"]
+    phase_events = [e for e in events if "phase" in e.data]
+    assert {e.stage for e in phase_events} >= {"install", "provision", "final"}
+    ran = [e for e in events if "qemu_seconds" in e.data]
+    assert {e.stage for e in ran} >= {"install", "provision"} and all(e.data["qemu_seconds"] > 0 for e in ran)
+
+
 def test_guest_fetched_a_package_through_the_cache(built, pim_cache: Path) -> None:
     _, _, events = built
     _, sha = apt_package_url()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,8 +143,16 @@ class LineWatch:
 
 
 class ConsoleWatcher:
+    """Tails a VM's serial log in a thread (see the module docstring). `seen_at` holds
+    the monotonic time each of `timeline.BOOT_MILESTONES` was first read, for the
+    stage's phases; the log is read every 0.1 s, so that is their resolution."""
+
     def __init__(self, log_path: Path, events: Emitter, stage: str, patterns: Sequence[str] = (),
                  progress: tuple[tuple[str, str], ...] = ()):
+        from pim.engine.timeline import BOOT_MILESTONES
+
+        self._milestones = {name: re.compile(rx) for name, rx in BOOT_MILESTONES.items()}
+        self.seen_at: dict[str, float] = {}
         self.log_path = log_path
         self.events = events
         self.stage = stage
@@ -188,14 +197,20 @@ class ConsoleWatcher:
                     partial += chunk.replace("\r\n", "\n").replace("\r", "\n")
                     *lines, partial = partial.split("\n")
                     for raw in lines:
-                        self.watch.feed(clean_line(raw))
+                        self._feed(clean_line(raw))
                     continue
-                if self._stop.wait(0.2):
+                if self._stop.wait(0.1):
                     # final read after stop: pick up the last bytes QEMU wrote
                     rest = f.read()
                     if rest:
                         partial += rest.replace("\r\n", "\n").replace("\r", "\n")
                     for raw in partial.split("\n"):
                         if raw.strip():
-                            self.watch.feed(clean_line(raw))
+                            self._feed(clean_line(raw))
                     return
+
+    def _feed(self, line: str) -> None:
+        for name, rx in self._milestones.items():
+            if name not in self.seen_at and rx.search(line):
+                self.seen_at[name] = time.monotonic()
+        self.watch.feed(line)

@@ -17,6 +17,7 @@ from pim.engine.errors import VMError
 from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
+from pim.engine.timeline import Timeline
 from pim.engine.wait import until
 from pim.engine.guest.ssh import KeyPair, Session
 from pim.engine.pipeline.stage import copy_efivars
@@ -35,34 +36,42 @@ def snapshot(ctx: BuildContext, install_dir: Path, staging: Path, key: KeyPair) 
     """
     spec, events = ctx.spec, ctx.events
     started = time.monotonic()
+    timeline = Timeline(events, STAGE)
     disk = staging / "disk.qcow2"
     img.create(disk, spec.disk_size, backing=install_dir / "disk.qcow2")
     copy_efivars(install_dir, staging)
+    timeline.mark("overlay")
     port = free_port()
     vm_cfg = ctx.vm_config(STAGE, disk, ssh_forward=port)
     password = ctx.password
-    with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(vm_cfg.serial_log, events, STAGE):
+    with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(vm_cfg.serial_log, events, STAGE) as console:
+        timeline.mark("QEMU start")
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
         try:
             waited = session.wait(spec.ssh.timeout, alive=lambda: vm.running)
         finally:
             session.close()
+        timeline.boot(console.seen_at, session.banner_at or time.monotonic())
+        timeline.mark("SSH login")
         events.log(STAGE, f"SSH is up after {waited:.0f}s")
         vm.agent(timeout=120).ping()
+        timeline.mark("guest agent")
         mon = vm.qmp(timeout=30)
         try:
             mon.cmd("stop")
             mon.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(staging / STATE))}")
             until(lambda: _migrated(mon.cmd("query-migrate")), what="saving the machine state", timeout=300,
-                  interval=0.2)
+                  interval=0.05)
+            timeline.mark("save state")
             mon.quit()
         finally:
             mon.close()
         if not vm.wait(30):
             raise VMError("QEMU did not exit after saving the machine state")
+        timeline.mark("QEMU exit")
     state_size = (staging / STATE).stat().st_size
     events.log(STAGE, f"saved the booted guest ({state_size >> 20} MiB) in {time.monotonic() - started:.0f}s")
-    return {"ssh_wait_seconds": round(waited, 1), "state_bytes": state_size}
+    return {"ssh_wait_seconds": round(waited, 1), "state_bytes": state_size, "phases": timeline.facts()}
 
 
 def _migrated(status: dict) -> bool:  # type: ignore[type-arg]

@@ -19,6 +19,7 @@ from pim.engine.pipeline.stage import StageOutput, StageResult
 from pim.engine.qemu import img
 from pim.engine.source.fetch import sha256_file
 from pim.engine.store.manifest import Artifact, Attachment, now
+from pim.engine.timeline import Timeline
 
 
 STAGE = "final"
@@ -36,11 +37,14 @@ def run_final(ctx: BuildContext, provision: StageOutput, disk: Path) -> StageRes
     from pim.engine.pipeline.explain import input_digests
 
     started = time.monotonic()
+    timeline = Timeline(ctx.events, STAGE)
     compression = img.resolve_compression(ctx.spec.output.compression.value)
     ctx.events.log(STAGE, f"flattening and compressing ({compression})")
     img.convert(provision.disk, disk, compression)
+    timeline.mark(f"convert ({compression})")
     artifact = Artifact(file=disk.name, sha256=sha256_file(disk), size=disk.stat().st_size,
                         virtual_size=img.info(disk)["virtual-size"], compression=compression)
+    timeline.mark("sha256")
     qemu = img.qemu_version(ctx.spec.arch.value)
     # The spec as given: pydantic's SecretStr masks secrets, the registry the rest.
     spec = ctx.events.redact_json(ctx.spec.model_dump(mode="json"))
@@ -55,7 +59,8 @@ def run_final(ctx: BuildContext, provision: StageOutput, disk: Path) -> StageRes
     }
     extra["sbom"] = _sbom(ctx, provision, disk.parent, artifact)
     extra["provenance"] = _provenance(ctx, disk.parent, artifact, spec, digests, qemu, extra["sbom"])
-    facts = {"seconds": round(time.monotonic() - started, 1), "compression": compression}
+    timeline.mark("SBOM and provenance")
+    facts = {"seconds": round(time.monotonic() - started, 1), "compression": compression, "phases": timeline.facts()}
     return StageResult(facts, uses={"provision": provision.key}, artifact=artifact, extra=extra)
 
 

@@ -22,6 +22,7 @@ from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import Family
 from pim.engine.guest.ssh import KeyPair
+from pim.engine.timeline import Timeline
 
 STAGE = "install"
 
@@ -36,6 +37,7 @@ def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object
     console tail, InputError for a bad template or boot layout.
     """
     spec, inst, events = ctx.spec, ctx.spec.installer, ctx.events
+    timeline = Timeline(events, STAGE)
     img.create(disk, spec.disk_size)
     password = spec.ssh.password.get_secret_value() if spec.ssh.password else None
     events.add_secret(password)
@@ -65,10 +67,12 @@ def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object
             append = prepared.params  # with the log stream's parameters for a detected boot
         vm_cfg = ctx.vm_config(STAGE, disk, cdrom=ctx.iso, kernel=kernel, initrd=initrd, append=append, no_reboot=True)
 
+        timeline.mark("disk, answer files and boot files")
         started = time.monotonic()
         with Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
             vm_cfg.serial_log, events, STAGE, prepared.failure_patterns, family.progress if family else ()
         ) as console:
+            timeline.mark("QEMU start")
             if prepared.command:
                 events.log(STAGE, f"typing the boot command in {boot.command_delay:.0f}s")
                 _type_boot_command(vm, prepared.command, boot.command_delay)
@@ -84,12 +88,15 @@ def run_install(ctx: BuildContext, disk: Path, key: KeyPair) -> dict[str, object
             _check(syslog.watch, console.watch)
             if vm.returncode != 0:
                 raise InstallerFailed(f"QEMU exited with status {vm.returncode} during the install", console.tail())
+            ended = time.monotonic()
+            timeline.milestones(console.seen_at, ended)
+            timeline.mark("installer", ended)
         seconds = time.monotonic() - started
         if name not in server.fetched:
             events.warning(STAGE, "the installer finished without fetching its answer file")
         events.log(STAGE, f"install finished in {seconds:.0f}s")
         return {"seconds": round(seconds, 1), "answer_fetched": name in server.fetched,
-                "log_datagrams": syslog.datagrams}
+                "log_datagrams": syslog.datagrams, "phases": timeline.facts()}
 
 
 def _check(*watches: LineWatch) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -121,6 +122,7 @@ class Machine:
         self.qemu_log = qemu_log or cfg.serial_log.with_name(cfg.serial_log.stem + ".qemu.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self._agent: GuestAgent | None = None
+        self.started_at: float | None = None  # monotonic time QEMU was started
 
     # -- lifetime -----------------------------------------------------------
     def __enter__(self) -> "Machine":
@@ -128,6 +130,7 @@ class Machine:
         self._claim_runtime_files()
         argv = build_argv(self.cfg)
         self.events.log(self.stage, f"starting QEMU ({self.cfg.accel}, {self.cfg.cpus} cpu, {self.cfg.memory_mib} MiB)")
+        self.started_at = time.monotonic()
         self.proc = spawn_detached(argv, self.qemu_log)
         try:
             self._wait_for_qmp(timeout=15.0)
@@ -149,6 +152,9 @@ class Machine:
                 self.proc.wait()
             self._close_clients()
             remove_runtime_files(self.rt)
+            if self.started_at is not None:
+                ran = round(time.monotonic() - self.started_at, 2)
+                self.events.log(self.stage, f"QEMU ran {ran:.1f}s", qemu_seconds=ran)
 
     def _claim_runtime_files(self) -> None:
         pid = read_pid(self.rt)

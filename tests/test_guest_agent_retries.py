@@ -159,24 +159,3 @@ def test_guest_exec_polls_its_status_until_the_command_exits(ga_path: Path) -> N
         assert agent.commands.count("guest-exec") == 1 and agent.commands.count("guest-exec-status") == 4
     finally:
         agent.stop()
-
-
-def test_setting_a_resumed_guests_clock_that_fails_is_only_a_warning(ga_path: Path) -> None:
-    from pim.engine.events import Emitter
-    from pim.engine.pipeline.provision import _sync_clock
-
-    agent = StandInAgent(ga_path, errors=("guest-set-time",)).start()
-    seen: list[Any] = []
-
-    class Vm:  # what _sync_clock uses of a Machine
-        events = Emitter(seen.append)
-
-        def agent(self, timeout: float) -> GuestAgent:
-            return GuestAgent(ga_path).wait_ready(timeout)
-
-    try:
-        _sync_clock(Vm())  # type: ignore[arg-type]
-        assert [e.kind for e in seen] == ["warning"] and "clock" in seen[0].message
-        assert agent.commands.count("guest-set-time") == 1
-    finally:
-        agent.stop()

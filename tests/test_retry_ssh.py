@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import socket
 import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -300,3 +301,32 @@ def test_a_guest_upload_that_cannot_be_placed_fails_at_once(guest: Session, host
         guest.upload(b"x", str(host.home / "blocked"), 0o644)
     assert info.value.tail == [f"{host.home / 'blocked'} is a folder: name the file to write"]
     assert sorted(p.name for p in host.home.iterdir() if "pim-upload" in p.name) == [], "a failed upload leaves nothing"
+
+
+def test_setting_a_resumed_guests_clock_that_fails_is_only_a_warning() -> None:
+    """The clock is set with one `date -s` to now; a refusal is a warning (a real run
+    would set this host's clock: the session is a stand-in)."""
+    from pim.engine.pipeline.provision import _sync_clock
+
+    ran: list[str] = []
+
+    class Refusing:  # what _sync_clock uses of a Session
+        def run(self, label: str, command: str, check: bool = True) -> tuple[int, list[str]]:
+            ran.append(command)
+            return 1, ["date: cannot set date: Operation not permitted"]
+
+    seen: list[Any] = []
+    _sync_clock(Refusing(), Emitter(seen.append))  # type: ignore[arg-type]
+    (command,) = ran
+    assert abs(float(re.search(r"date -u -s @([\d.]+) ", command).group(1)) - time.time()) < 5
+    assert [e.kind for e in seen] == ["warning"] and "Operation not permitted" in seen[0].message
+
+
+def test_a_script_is_sent_and_run_in_one_command_and_removed(guest: Session, tmp_path: Path) -> None:
+    from pim.engine.guest.ssh import script_command
+
+    path = f"/tmp/pim-test-script-{os.getpid()}"
+    body = b"#!/bin/sh\necho \"$GREETING\"\nif read line; then echo \"read $line\"; else echo eof; fi\nexit 3\n"
+    status, tail = guest.run("script", script_command(path, {"GREETING": "hello 'there'"}), check=False, stdin=body)
+    assert (status, tail) == (3, ["hello 'there'", "eof"])
+    assert not Path(path).exists(), "the script is removed after it ran"

@@ -83,7 +83,7 @@ def _pim(*args: str) -> subprocess.CompletedProcess:
                           env=os.environ.copy(), timeout=120)
 
 
-HOLD = [{"type": "shell", "name": "hold", "inline": "echo holding; sleep 8; echo leased > /root/leased"}]
+HOLD = [{"type": "shell", "name": "hold", "inline": "echo holding; date +clock=%s; sleep 8; echo leased > /root/leased"}]
 
 
 def test_gc_and_rm_during_a_build_skip_what_it_uses_and_its_artifact_boots(
@@ -108,7 +108,12 @@ def test_gc_and_rm_during_a_build_skip_what_it_uses_and_its_artifact_boots(
         assert rm.returncode == 2 and "in use by a running build" in rm.stderr, rm.stderr
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    result = _events(out)[-1]["data"]
+    events = _events(out)
+    result = events[-1]["data"]
+    # The boot snapshot was saved by an earlier build of this run, minutes ago: the
+    # resumed guest's clock was set to now before the step ran.
+    clock = next(e for e in events if "[1:hold] clock=" in e.get("message", ""))
+    assert abs(int(clock["message"].rsplit("=", 1)[1]) - clock["time"]) < 5, clock
     store = Store(pim_cache)
     assert all(store.has(key) for key in used)
     runtime = RuntimeFiles.for_name("e2e-leased")

@@ -226,8 +226,12 @@ class Session:
 
 
 def script_command(path: str, env: dict[str, str]) -> str:
+    """The command that writes its standard input to `path`, runs it as a program
+    with `env` exported, removes it and exits with its status: a script is sent and
+    run in one command (Session.run's `stdin`). The script's own standard input is at
+    its end."""
     exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(env.items()))
-    return f"{exports}chmod +x {path} && {path}; rc=$?; rm -f {path}; exit $rc"
+    return f"cat > {path} && {exports}chmod +x {path} && {path} < /dev/null; rc=$?; rm -f {path}; exit $rc"
 
 
 def _last(e: BaseException) -> str:

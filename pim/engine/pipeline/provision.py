@@ -13,9 +13,11 @@ from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import FileStep, ShellStep
+from pim.engine.events import Emitter
 from pim.engine.guest.ssh import KeyPair, Session, script_command
 from pim.engine.pipeline.guestfiles import GENERALIZE, STEP_PRELUDE
 from pim.engine.pipeline.stage import copy_efivars
+from pim.engine.timeline import Timeline
 
 STAGE = "provision"
 PACKAGE_QUERY = "/tmp/pim-packages"
@@ -34,8 +36,10 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
     cannot be started.
     """
     spec, events = ctx.spec, ctx.events
+    timeline = Timeline(events, STAGE)
     img.create(disk, spec.disk_size, backing=base / "disk.qcow2")
     copy_efivars(base, disk.parent)
+    timeline.mark("overlay")
     port = free_port()
     incoming = resume_uri(base)
     vm_cfg = ctx.vm_config(STAGE, disk, ssh_forward=port, incoming=incoming)
@@ -44,7 +48,8 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
     started = time.monotonic()
     with ctx.package_cache() as proxy, Machine(vm_cfg, events, STAGE) as vm, ConsoleWatcher(
         vm_cfg.serial_log, events, STAGE
-    ):
+    ) as console:
+        timeline.mark("QEMU start")
         session = Session(port, spec.ssh.user, key, password, events, STAGE)
         try:
             if incoming:
@@ -53,8 +58,14 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
                 except (VMError, WaitTimeout, WaitAborted) as e:
                     raise ResumeFailed(f"the boot snapshot did not load ({e})") from e
                 events.log(STAGE, f"resumed the booted guest in {loaded:.1f}s")
-                _sync_clock(vm)
+                timeline.mark("resume")
             waited = session.wait(spec.ssh.timeout, alive=lambda: vm.running)
+            if not incoming:
+                timeline.boot(console.seen_at, session.banner_at or time.monotonic())
+            timeline.mark("SSH login")
+            if incoming:
+                _sync_clock(session, events)
+                timeline.mark("clock")
             events.log(STAGE, f"SSH is up after {waited:.0f}s" + (" (resumed)" if incoming else ""))
             facts["ssh_wait_seconds"] = round(waited, 1)
             steps = []
@@ -62,6 +73,7 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
                 t0 = time.monotonic()
                 _run_step(ctx, session, index, step, {"PIM_PROXY_URL": proxy.url()}, alive=lambda: vm.running)
                 steps.append({"step": step.label, "seconds": round(time.monotonic() - t0, 1)})
+                timeline.mark(f"step {index}:{step.label}")
             facts["steps"] = steps
             comment = key.public_openssh.rsplit(" ", 1)[-1]
             env = {
@@ -70,13 +82,16 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
                 "PIM_TRIM": "1" if spec.finalize.trim else "0",
                 "PIM_KEY_COMMENT": comment,
             }
-            session.upload(GENERALIZE.encode(), "/tmp/pim-generalize", 0o700)
-            session.run("generalize", script_command("/tmp/pim-generalize", env))
+            session.run("generalize", script_command("/tmp/pim-generalize", env), stdin=GENERALIZE.encode())
+            timeline.mark("generalize")
             facts["packages"] = _read_packages(ctx, session, disk.parent)
+            timeline.mark("package list")
         finally:
             session.close()
         facts["shutdown"] = vm.stop(graceful=120.0)
+        timeline.mark("shutdown")
     facts["seconds"] = round(time.monotonic() - started, 1)
+    facts["phases"] = timeline.facts()
     return facts
 
 
@@ -107,12 +122,14 @@ def _read_packages(ctx: BuildContext, session: Session, folder: Path) -> int:
     return len(found.packages)
 
 
-def _sync_clock(vm: Machine) -> None:
-    """A resumed guest's clock stands where it was saved; set it to now."""
-    try:
-        vm.agent(timeout=60).call("guest-set-time", time=time.time_ns())
-    except VMError as e:
-        vm.events.warning(STAGE, f"could not set the resumed guest's clock: {e}")
+def _sync_clock(session: Session, events: Emitter) -> None:
+    """A resumed guest's clock stands where it was saved; set it to now, over the
+    session (`date -s`, GNU and BusyBox alike). The guest agent's guest-set-time also
+    writes the RTC with `hwclock -w`, which waits for the RTC's next second: about 1 s
+    under TCG. A failure is a warning: the build goes on."""
+    status, tail = session.run("clock", f"date -u -s @{time.time():.3f} > /dev/null", check=False)
+    if status != 0:
+        events.warning(STAGE, f"could not set the resumed guest's clock (exit status {status}): {' '.join(tail)}")
 
 
 def _run_step(ctx: BuildContext, session: Session, index: int, step: ShellStep | FileStep,  # type: ignore[no-untyped-def]
@@ -128,8 +145,8 @@ def _run_step(ctx: BuildContext, session: Session, index: int, step: ShellStep |
         body = STEP_PRELUDE + body
     path = f"/tmp/pim-step-{index}"
     events.log(STAGE, f"step {label}")
-    session.upload(body.encode(), path, 0o700)
-    status, tail = session.run(label, script_command(path, {**base_env, **ctx.spec.env, **step.env}), check=False)
+    status, tail = session.run(label, script_command(path, {**base_env, **ctx.spec.env, **step.env}), check=False,
+                               stdin=body.encode())
     if step.expect_disconnect:
         # The step reboots the guest: whatever its exit status, reconnect once the
         # guest is back, so the next step never runs on a guest going down.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, Iterator
@@ -13,18 +14,24 @@ from typing import Any, Iterator
 from pim.engine.events import Emitter, Event
 
 
+_MARKUP = re.compile(r"(?<!\\)\[/?(?:dim|bold|yellow)\]")
+
+
 class HumanRenderer:
-    """A bar per stage (a byte bar for downloads) on a terminal; timestamped lines otherwise."""
+    """A bar per stage (a byte bar for downloads) on a terminal (rich); timestamped
+    plain lines otherwise, written without loading rich (a log, a pipe, an IaC tool
+    reading stderr: a cached build answers sooner)."""
 
     def __init__(self, verbose: bool = False):
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False)
+        self.console: Any = None
         self.verbose = verbose
         self._started = time.monotonic()
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
-        if self.console.is_terminal:
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False)
             from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
                                        TimeElapsedColumn)
 
@@ -39,7 +46,11 @@ class HumanRenderer:
 
     def _print(self, text: str) -> None:
         stamp = f"[dim]{time.monotonic() - self._started:6.1f}s[/dim]"
-        self.console.print(f"{stamp} {text}")
+        if self.console is not None:
+            self.console.print(f"{stamp} {text}")
+        else:  # the markup's tags dropped and its escapes undone, as rich does off a terminal
+            sys.stderr.write(_MARKUP.sub("", f"{stamp} {text}").replace("\\[", "[") + "\n")
+            sys.stderr.flush()
 
     def _task(self, stage: str, total: float | None = None) -> Any:
         if stage not in self._tasks:

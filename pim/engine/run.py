@@ -187,3 +187,19 @@ def spawn_detached(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """
     with open(log_path, "ab") as out:
         return start(argv, stdout=out, stderr=STDOUT, new_session=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not; one of another user does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -19,7 +19,7 @@ Overrides, strongest first: `--local`, `--builder NAME`, the image's `builder:`.
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -44,9 +44,9 @@ class Host:
 
     @classmethod
     def this(cls) -> "Host":
-        machine = platform.machine().lower()
+        machine = os.uname().machine.lower()
         arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-        return cls(platform.system().lower(), arch)
+        return cls(os.uname().sysname.lower(), arch)
 
     def __str__(self) -> str:
         return f"{'Mac' if self.os == 'darwin' else self.os.capitalize()} {self.arch}"

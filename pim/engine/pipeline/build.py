@@ -158,8 +158,6 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
     happens, no QEMU, runtime file or scratch folder is left, and no unfinished
     object is published.
     """
-    from pim.engine.qemu import accel as accelmod
-
     events = events or Emitter()
     spec = cfg.image(name)
     if spec.ssh.password is not None:  # masked in every event from the start, whichever stage runs
@@ -186,6 +184,8 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
             from pim.engine.provenance.signing import signer
 
             signer()  # a key that cannot be made or read fails now, not after the build
+            from pim.engine.qemu import accel as accelmod
+
             verdict = accelmod.choose(spec.arch.value, spec.accel.value)
             events.log(None, f"accelerator: {verdict.accel} ({verdict.reason})")
             work = held.enter_context(store.workdir(name))

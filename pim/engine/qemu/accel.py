@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -86,11 +85,11 @@ class Verdict:
 
 def candidates(arch: str, system: str | None = None, host: str | None = None) -> list[str]:
     """The accelerators to try for an `arch` guest, best first, on a host whose
-    `platform.system()` is `system` and `platform.machine()` is `host` (default: this
+    `os.uname()`'s sysname is `system` and machine is `host` (default: this
     one's): the platform's hypervisor (Linux: kvm; macOS: hvf) for a native guest, then
     tcg. A foreign guest gets tcg only (HVF and KVM run the host's own architecture)."""
-    system = system or platform.system()
-    host = (host or platform.machine()).lower()
+    system = system or os.uname().sysname
+    host = (host or os.uname().machine).lower()
     native = (arch == "x86_64" and host in ("x86_64", "amd64")) or (arch == "aarch64" and host in ("arm64", "aarch64"))
     if not native:
         return ["tcg"]

@@ -20,23 +20,8 @@ from pim.engine.events import Emitter
 from pim.engine.qemu.agent import AgentError, GuestAgent
 from pim.engine.qemu.argv import RuntimeFiles, VmConfig, build_argv
 from pim.engine.qemu.qmp import QMP
-from pim.engine.run import spawn_detached
+from pim.engine.run import pid_alive, spawn_detached
 from pim.engine.wait import until
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def read_pid(rt: RuntimeFiles) -> int | None:

@@ -11,14 +11,10 @@ re-reads a multi-GB ISO.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
 import socket
-import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from pim.engine.errors import BuildError, ChecksumMismatch, InputError
@@ -109,6 +105,11 @@ def _download(url: str, part: Path, events: Emitter) -> None:
 
 def _fetch_once(url: str, part: Path, events: Emitter) -> None:
     """One GET of url into part (Range from part's size); raises _Retry or BuildError."""
+    import http.client  # here, not at the top: a cached build loads no HTTP client
+    import ssl
+    import urllib.error
+    import urllib.request
+
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pim.engine.errors import InputError
-from pim.engine.qemu.machine import pid_alive
+from pim.engine.run import pid_alive
 from pim.engine.store import manifest as manifests
 from pim.engine.store.manifest import Manifest
 

@@ -22,6 +22,7 @@ POLL = 1.0  # seconds a channel read waits before the loop looks again
 KNOCK = 0.1  # seconds between looks for sshd while the guest boots
 KNOCK_PATIENCE = 1.0  # seconds a look waits for sshd's first bytes, at first
 BANNER_TIMEOUT = 20.0  # seconds sshd may take to send them once it listens
+WARNING = "pim-warning: "  # a line PIM's own guest commands print: a warning event, not output
 
 # Connecting while sshd is still starting fails many times by design; paramiko
 # would print each failure's traceback. We report the last error ourselves.
@@ -57,6 +58,8 @@ class Session:
         self.events, self.stage = events, stage
         self.client: paramiko.SSHClient | None = None
         self.banner_at: float | None = None  # monotonic time sshd first answered (set by `wait`)
+        # Called once, by the next `run`: a shell prefix for its command (a resumed guest's clock).
+        self.before_next: Callable[[], str] | None = None
 
     def wait(self, timeout: float, alive: Callable[[], bool]) -> float:
         """Connect as soon as sshd answers, within `timeout` seconds; returns the seconds waited.
@@ -161,7 +164,8 @@ class Session:
 
     def run(self, label: str, command: str, check: bool = True, stdin: bytes | None = None) -> tuple[int, list[str]]:
         """Run a command, streaming output as events, with `stdin` (then EOF) as its
-        standard input when given. Returns (status, tail); -1 if the connection dropped."""
+        standard input when given, after `before_next`'s prefix if one is set. Returns
+        (status, tail); -1 if the connection dropped."""
         assert self.client is not None
         transport = self.client.get_transport()
         assert transport is not None
@@ -170,6 +174,8 @@ class Session:
         # Reads wake up every second, so a step that prints nothing for minutes (a
         # `sleep 600`) never holds the main thread in a wait that only data could end.
         chan.settimeout(POLL)
+        if self.before_next is not None:
+            command, self.before_next = self.before_next() + command, None
         chan.exec_command(self._sudo(command))
         if stdin is not None:
             chan.sendall(stdin)
@@ -210,6 +216,9 @@ class Session:
 
     def _emit(self, label: str, raw: bytes, tail: deque[str]) -> None:
         line = raw.decode(errors="replace").rstrip("\r")
+        if line.startswith(WARNING):
+            self.events.warning(self.stage, line[len(WARNING):])
+            return
         tail.append(line)
         self.events.log(self.stage, f"[{label}] {line}", source="ssh")
 

@@ -75,3 +75,23 @@ def test_cpu_model_per_arch_accelerator_and_qemu(tmp_path: Path) -> None:
     argv = build_argv(_cfg(tmp_path, arch="aarch64", accel="tcg", cpu="max,pauth-impdef=on"))
     assert argv[0] == "qemu-system-aarch64" and _opt(argv, "-cpu") == ["max,pauth-impdef=on"]
     assert _opt(argv, "-machine") == ["virt,accel=tcg"]
+
+
+def test_build_vms_ignore_the_guests_flushes_and_other_vms_keep_them(tmp_path: Path) -> None:
+    """A build VM's disk is a staging file: a crash discards it, and the store fsyncs
+    every file it publishes. So its QEMU skips the host fsync a guest's flush asks for
+    (cache=unsafe); a VM given no cache mode keeps QEMU's default (writeback)."""
+    from pim.engine.config.spec import load_config
+    from pim.engine.events import Emitter
+    from pim.engine.pipeline.context import BuildContext
+    from tests.e2e.conftest import make_config
+
+    iso = tmp_path / "installer.iso"
+    iso.write_bytes(b"\0" * 2048)
+    cfg = load_config(make_config(tmp_path / "cfg", iso))
+    ctx = BuildContext(cfg, cfg.image("e2e"), "e2e", None, Emitter(), iso, "0" * 64, None, "tcg",  # type: ignore[arg-type]
+                       tmp_path / "work")
+    drive = next(d for d in _opt(build_argv(ctx.vm_config("boot", tmp_path / "d.qcow2")), "-drive") if "id=disk0" in d)
+    assert drive.endswith(",cache=unsafe")
+    plain = next(d for d in _opt(build_argv(_cfg(tmp_path)), "-drive") if "id=disk0" in d)
+    assert "cache=" not in plain

@@ -65,7 +65,13 @@ class BuildContext:
 
     def vm_config(self, stage: str, disk: Path, **overrides: Any) -> VmConfig:
         """The VM for one stage. UEFI builds keep their variables store in
-        `efivars.fd` beside the disk, so boot entries the installer wrote survive."""
+        `efivars.fd` beside the disk, so boot entries the installer wrote survive.
+
+        The disk is a staging file: a crashed build discards it, and the store fsyncs
+        every file it publishes. So QEMU skips the host fsync each guest flush asks for
+        (cache=unsafe; QEMU still writes everything out when it exits). The bytes are
+        the same; measured on the fixture under TCG here: the install 0.7 s shorter,
+        the boot to sshd about 8 s (the first boot's journal and key files flush)."""
         if self.spec.firmware.value == "uefi" and "firmware" not in overrides:
             from pim.engine.qemu.firmware import for_vm
 
@@ -78,6 +84,7 @@ class BuildContext:
             overrides["cpu"] = cpu_model(arch, self.accel, qemu)
         if "machine" not in overrides:
             overrides["machine"] = machine_type(arch, self.accel, qemu, self.spec.memory >> 20)
+        overrides.setdefault("disk_cache", "unsafe")
         return VmConfig(
             name=self.name,
             disk=disk,

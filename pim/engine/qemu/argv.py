@@ -90,6 +90,7 @@ class VmConfig:
     cpu: str | None = None  # -cpu; None: `cpu_model(arch, accel)`
     machine: str | None = None  # -machine type and options; None: `machine_type(arch, accel)`
     mac: str | None = None  # the NIC's MAC address ("52:54:00:..."); None: QEMU's default
+    disk_cache: str | None = None  # -drive cache= (writeback, unsafe, ...); None: QEMU's default (writeback)
     extra: tuple[str, ...] = field(default=())
 
 
@@ -169,7 +170,8 @@ def build_argv(cfg: VmConfig) -> list[str]:
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"socket,id=ga0,path={rt.ga},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=ga0,name={GUEST_AGENT_CHANNEL}",
-        "-drive", f"file={cfg.disk},if=none,id=disk0,format={cfg.disk_format},discard=unmap,detect-zeroes=unmap",
+        "-drive", f"file={cfg.disk},if=none,id=disk0,format={cfg.disk_format},discard=unmap,detect-zeroes=unmap"
+                  + (f",cache={cfg.disk_cache}" if cfg.disk_cache else ""),
         "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
         "-netdev", _netdev(cfg),
         "-device", "virtio-net-pci,netdev=net0" + (f",mac={cfg.mac}" if cfg.mac else ""),

@@ -9,10 +9,10 @@ pytestmark = pytest.mark.skipif(not Path("/usr/bin/qemu-system-x86_64").exists()
                                 reason="qemu-system-x86 is not installed: run `make test`, which installs it")
 
 
-def test_boot_sector_is_bootable() -> None:
-    sector = accel.boot_sector()
-    assert len(sector) == 512 and sector[-2:] == b"\x55\xaa"
-    assert accel.MARKER in sector
+def test_the_x86_probe_is_a_firmware_image_with_a_reset_vector() -> None:
+    rom = accel.probe_bios()
+    assert len(rom) == 0x10000 and rom[0xFFF0:0xFFF5] == bytes.fromhex("ea000000f0")  # jmp far f000:0000
+    assert rom.index(accel.MARKER) == len(accel._X86_CODE) == int.from_bytes(rom[0x12:0x14], "little")
 
 
 def test_tcg_probe_runs_the_guest() -> None:
@@ -50,9 +50,9 @@ def test_tcg_probe_runs_an_aarch64_guest(tmp_path: Path, monkeypatch: pytest.Mon
     assert verdict.reason == "TCG: this host has no hardware acceleration for aarch64 guests"
 
 
-def test_a_hung_accelerator_costs_twice_the_emulated_probe_not_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hung_accelerator_costs_a_little_more_than_the_emulated_probe_not_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stand-in for a hung KVM: a real QEMU whose vCPU never runs (-S), raced
-    against TCG. The race gives up on it once TCG answered and it had twice as long."""
+    against TCG. The race gives up on it once TCG answered and it had half as long again."""
     real_start = accel.start
 
     def start(argv: list[str], **kw):  # type: ignore[no-untyped-def]
@@ -66,7 +66,7 @@ def test_a_hung_accelerator_costs_twice_the_emulated_probe_not_the_timeout(monke
     assert (kvm, kvm_ok, tcg, tcg_ok) == ("kvm", False, "tcg", True), (kvm_what, tcg_what)
     waited, emulated = (float(x) for x in re.findall(r"in ([\d.]+)s", kvm_what))
     assert "made no progress" in kvm_what and "while tcg ran it" in kvm_what
-    assert waited >= max(2 * emulated, emulated + accel.GRACE) - 0.05 and waited < 30
+    assert waited >= max(1.5 * emulated, emulated + accel.GRACE) - 0.05 and waited < 30
 
 
 def test_a_working_better_accelerator_wins_and_a_failing_one_is_passed_over() -> None:

@@ -96,7 +96,7 @@ class SyslogReceiver:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # d-i logs in bursts
         self._sock.bind(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
+        self._sock.settimeout(0.05)  # how soon drain() is answered
         self._thread.start()
         return self
 

@@ -183,10 +183,16 @@ def build(cfg: Config, name: str, events: Emitter | None = None, *, store: Store
                     None, f"waiting for a build slot on {builder}: all {n} taken by other builds")))
             from pim.engine.provenance.signing import signer
 
-            signer()  # a key that cannot be made or read fails now, not after the build
+            from concurrent.futures import ThreadPoolExecutor
+
             from pim.engine.qemu import accel as accelmod
 
-            verdict = accelmod.choose(spec.arch.value, spec.accel.value)
+            # The signing key is checked while the accelerator probe's QEMUs run: a key that
+            # cannot be made or read fails now, not after the build.
+            with ThreadPoolExecutor(1, thread_name_prefix="signing-key") as pool:
+                checked = pool.submit(signer)
+                verdict = accelmod.choose(spec.arch.value, spec.accel.value)
+                checked.result()
             events.log(None, f"accelerator: {verdict.accel} ({verdict.reason})")
             work = held.enter_context(store.workdir(name))
             ctx = BuildContext(cfg, spec, name, store, events, iso, iso_sha, keys, verdict.accel, work, builder,
@@ -265,7 +271,10 @@ def _run_one(ctx: BuildContext, stage: Stage, key: str, inputs: dict[str, StageO
              lineage: dict[str, StageRef]) -> None:
     staging = ctx.work / f"{stage.name}-out"
     staging.mkdir()
-    result = stage.run(ctx, staging, inputs)
+    from pim.engine.store.writeback import Writeback
+
+    with Writeback(staging):  # written out meanwhile: publishing fsyncs what little is left
+        result = stage.run(ctx, staging, inputs)
     for earlier in inputs.values():  # a cached first stage still names its own lineage
         lineage.update({s: r for s, r in earlier.manifest.lineage.items() if s not in lineage})
     own = {**lineage, stage.name: StageRef(key=key, allocated=result.facts.get("allocated"))} \

@@ -9,6 +9,7 @@ object.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,12 @@ def run_final(ctx: BuildContext, provision: StageOutput, disk: Path) -> StageRes
     timeline = Timeline(ctx.events, STAGE)
     compression = img.resolve_compression(ctx.spec.output.compression.value)
     ctx.events.log(STAGE, f"flattening and compressing ({compression})")
+    from pim.engine.provenance import sbom
+
+    preload = threading.Thread(target=sbom.preload, name="sbom-preload", daemon=True)
+    preload.start()  # while qemu-img runs
     img.convert(provision.disk, disk, compression)
+    preload.join()
     timeline.mark(f"convert ({compression})")
     artifact = Artifact(file=disk.name, sha256=sha256_file(disk), size=disk.stat().st_size,
                         virtual_size=img.info(disk)["virtual-size"], compression=compression)

@@ -69,6 +69,16 @@ def render(image: str, key: str, artifact_sha256: str, arch: str, pkgs: PackageL
     return make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_5).output_as_string(indent=1)
 
 
+def preload() -> None:
+    """Import what `write` uses (cyclonedx-python-lib, packageurl: about 0.1 s), for a
+    thread to do while something else waits (the final stage's qemu-img)."""
+    import importlib
+
+    for module in ("cyclonedx.model.bom", "cyclonedx.model.component", "cyclonedx.output", "cyclonedx.schema",
+                   "packageurl"):
+        importlib.import_module(module)
+
+
 def write(folder: Path, image: str, key: str, artifact_sha256: str, arch: str, pkgs: PackageList) -> tuple[Path, str]:
     """Write `folder/sbom.cdx.json`; returns (path, sha256 hex of its bytes)."""
     data = render(image, key, artifact_sha256, arch, pkgs).encode()

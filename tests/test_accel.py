@@ -77,3 +77,31 @@ def test_a_working_better_accelerator_wins_and_a_failing_one_is_passed_over() ->
     (bad, bad_ok, bad_what), (tcg, tcg_ok, _) = accel.race(["no-such-accel", "tcg"])
     assert (bad, bad_ok, tcg, tcg_ok) == ("no-such-accel", False, "tcg", True)
     assert bad_what.startswith("QEMU exited")
+
+
+def test_a_prefetched_verdict_is_taken_over_and_an_unused_one_is_stopped(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import glob
+    import subprocess
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(accel, "_PREFETCHED", {})
+    accel.prefetch("x86_64")
+    assert "x86_64" in accel._PREFETCHED
+    verdict = accel.choose("x86_64")
+    assert verdict.accel in ("kvm", "tcg") and "x86_64" not in accel._PREFETCHED, "choose() took it over"
+    assert accel.choose("x86_64") == verdict, "and it was remembered"
+    accel.prefetch("x86_64")
+    assert "x86_64" not in accel._PREFETCHED, "nothing to do when a verdict is remembered"
+
+    (tmp_path / "pim" / "accel-x86_64.json").unlink()
+    before = set(glob.glob("/tmp/pim-accel-*"))
+    accel.prefetch("x86_64")
+    pending = accel._PREFETCHED["x86_64"]
+    accel._stop_prefetches()  # what exit does with a verdict nobody asked for
+    assert not pending.thread.is_alive() and accel._PREFETCHED == {}
+    assert set(glob.glob("/tmp/pim-accel-*")) <= before, "the probe's folder is removed"
+    probes = subprocess.run(["pgrep", "-f", "probe.bios"], capture_output=True, text=True).stdout.split()
+    assert probes == [], "no probe QEMU is left running"
+    if pending.verdict is None:
+        assert not (tmp_path / "pim" / "accel-x86_64.json").exists(), "a cancelled race remembers nothing"

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # pydantic looks for plugins in every installed distribution's entry points when the
 # first model is built (pydantic.plugin._loader: about 12 ms here). PIM's command line
 # uses none; a user who wants one names it (pydantic's docs: PYDANTIC_DISABLE_PLUGINS).
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+if sys.argv[1:2] == ["build"] and "--explain" not in sys.argv:
+    # A build that runs a guest needs the accelerator verdict: when none is remembered
+    # since the host booted, its probe guests run while the modules and the config load.
+    from pim.engine.qemu import accel
+
+    accel.prefetch()
 
 import typer  # noqa: E402
 

@@ -8,10 +8,12 @@ The verdict is remembered per host boot and QEMU binary.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,7 +107,7 @@ def candidates(arch: str, system: str | None = None, host: str | None = None) ->
     return ["tcg"]
 
 
-GRACE = 0.25  # seconds at least that a better accelerator gets after a worse one answered
+GRACE = 0.2  # seconds at least that a better accelerator gets after a worse one answered
 
 
 class _Probe:
@@ -156,7 +158,8 @@ class _Probe:
             _reap(self.proc)
 
 
-def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0) -> list[tuple[str, bool, str]]:
+def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0,
+         cancel: threading.Event | None = None) -> list[tuple[str, bool, str]]:
     """Boot the marker guest under every accelerator in `accels` (best first) at once
     and decide each in that order: [(accel, works, what happened)], ending with the
     first that works (or with all of them when none does).
@@ -165,7 +168,8 @@ def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0) -> list[
     0.05 s; emulation takes about 0.1 s for the same. So a better accelerator that
     has not answered when a worse one has, and then gets half as long again (at least
     GRACE seconds more) without answering, is hung, or slower than emulation: either
-    way not worth using. A host with a hung KVM pays about 0.35 s, not `timeout`.
+    way not worth using. A host with a hung KVM pays about 0.3 s, not `timeout`.
+    `cancel` set: the race ends at once with what was decided so far (maybe nothing).
     Raises MissingTool when QEMU for arch is not installed.
     """
     with tempfile.TemporaryDirectory(prefix="pim-accel-") as tmp:
@@ -175,6 +179,8 @@ def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0) -> list[
                 probes.append(_Probe(accel, arch, Path(tmp) / f"{i}-{accel}"))
             t0 = time.monotonic()
             while True:
+                if cancel is not None and cancel.is_set():
+                    return [(p.accel, *p.result) for p in probes if p.result is not None]  # type: ignore[misc]
                 now = time.monotonic() - t0
                 for i, probe in enumerate(probes):
                     result = probe.poll()
@@ -242,24 +248,47 @@ def _memo_key(arch: str) -> str:
 
 
 def choose(arch: str = "x86_64", requested: str = "auto", fresh: bool = False) -> Verdict:
-    """The accelerator to use: `requested` unless it is auto, else the first that works.
+    """The accelerator to use: `requested` unless it is auto, else the first that works:
+    remembered for this host boot, else the verdict of a `prefetch` still running,
+    else probed now (`race`).
 
     Raises MissingTool when QEMU for arch is not installed.
     """
     if requested != "auto":
         return Verdict(requested, f"set in the config (accel: {requested})", {})
-    key = _memo_key(arch)
-    memo = _memo_file(arch)
     if not fresh:
-        try:
-            saved = json.loads(memo.read_text())
-            if saved.get("key") == key:
-                return Verdict(**saved["verdict"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        pending = _PREFETCHED.pop(arch, None)
+        if pending is not None:
+            verdict = pending.wait()
+            if verdict is not None:
+                return verdict
+        remembered = _remembered(arch)
+        if remembered is not None:
+            return remembered
+    verdict = _probe(arch)
+    assert verdict is not None  # nothing cancels this one
+    return verdict
+
+
+def _remembered(arch: str) -> Verdict | None:
+    try:
+        saved = json.loads(_memo_file(arch).read_text())
+        if saved.get("key") == _memo_key(arch):
+            return Verdict(**saved["verdict"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _probe(arch: str, cancel: threading.Event | None = None) -> Verdict | None:
+    """Race the candidates and remember the verdict; None when `cancel` ended the race."""
+    key = _memo_key(arch)
     tried: dict[str, str] = {}
     chosen, reason = "tcg", "no accelerator worked; TCG emulation (slow)"
-    for accel, ok, what in race(candidates(arch), arch):
+    decided = race(candidates(arch), arch, cancel=cancel)
+    if cancel is not None and cancel.is_set():
+        return None
+    for accel, ok, what in decided:
         tried[accel] = ("works: " if ok else "failed: ") + what
         if ok:
             chosen = accel
@@ -267,7 +296,61 @@ def choose(arch: str = "x86_64", requested: str = "auto", fresh: bool = False) -
             reason = (f"{accel} works ({what})" if accel != "tcg" else f"TCG: {others}" if others
                       else f"TCG: this host has no hardware acceleration for {arch} guests")
     verdict = Verdict(chosen, reason, tried)
-    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+    memo = _memo_file(arch)
+    tmp = memo.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps({"key": key, "verdict": asdict(verdict)}))
     os.replace(tmp, memo)
     return verdict
+
+
+class _Prefetch:
+    """`_probe(arch)` in a thread; cancelled and joined when the process exits."""
+
+    def __init__(self, arch: str):
+        self.cancel = threading.Event()
+        self.verdict: Verdict | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(arch,), name=f"accel-{arch}", daemon=True)
+        self.thread.start()
+
+    def _run(self, arch: str) -> None:
+        try:
+            self.verdict = _probe(arch, self.cancel)
+        except BaseException as e:  # handed to choose(), which raises it
+            self.error = e
+
+    def wait(self) -> Verdict | None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.verdict
+
+    def stop(self) -> None:
+        self.cancel.set()
+        self.thread.join()
+
+
+_PREFETCHED: dict[str, _Prefetch] = {}
+
+
+def prefetch(arch: str | None = None) -> None:
+    """Start the verdict for `arch` (default: this host's own) in the background when
+    none is remembered for this host boot, so that the probe's guests run while the
+    command line loads its modules and its config; `choose` takes it over. One that
+    nobody took over is cancelled at exit, its QEMUs stopped. Never raises: a probe
+    that fails raises in `choose`."""
+    arch = arch or {"amd64": "x86_64", "arm64": "aarch64"}.get(os.uname().machine.lower(), os.uname().machine)
+    try:
+        if arch in _PREFETCHED or arch not in ("x86_64", "aarch64") or _remembered(arch) is not None:
+            return
+    except Exception:  # MissingTool and the like: choose() says it
+        return
+    if not _PREFETCHED:
+        atexit.register(_stop_prefetches)
+    _PREFETCHED[arch] = _Prefetch(arch)
+
+
+def _stop_prefetches() -> None:
+    for pending in list(_PREFETCHED.values()):
+        pending.stop()
+    _PREFETCHED.clear()

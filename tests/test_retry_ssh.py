@@ -300,6 +300,9 @@ def test_a_guest_upload_that_cannot_be_placed_fails_at_once(guest: Session, host
     with pytest.raises(ProvisionError, match="upload .*blocked: exited with status 1") as info:  # a folder
         guest.upload(b"x", str(host.home / "blocked"), 0o644)
     assert info.value.tail == [f"{host.home / 'blocked'} is a folder: name the file to write"]
+    weird = host.home / 'a "quoted" $(touch pwned) `name`'
+    guest.upload(b"odd\n", str(weird), 0o600)
+    assert weird.read_bytes() == b"odd\n" and not (host.home / "pwned").exists()
     assert sorted(p.name for p in host.home.iterdir() if "pim-upload" in p.name) == [], "a failed upload leaves nothing"
 
 
@@ -337,6 +340,28 @@ def test_a_script_is_sent_and_run_in_one_command_and_removed(guest: Session, tmp
 
     path = f"/tmp/pim-test-script-{os.getpid()}"
     body = b"#!/bin/sh\necho \"$GREETING\"\nif read line; then echo \"read $line\"; else echo eof; fi\nexit 3\n"
-    status, tail = guest.run("script", script_command(path, {"GREETING": "hello 'there'"}), check=False, stdin=body)
+    status, tail = guest.run("script", script_command(path, {"GREETING": "hello 'there'"}, len(body)), check=False,
+                             stdin=body)
     assert (status, tail) == (3, ["hello 'there'", "eof"])
     assert not Path(path).exists(), "the script is removed after it ran"
+
+
+def test_a_script_that_did_not_arrive_whole_is_not_run(guest: Session, host) -> None:
+    """A dropped connection ends the script's input early without an error: the size
+    it was sent with is checked first (here the size says 10 bytes more than sent)."""
+    from pim.engine.guest.ssh import script_command
+
+    marker = host.home / "ran"
+    body = f"#!/bin/sh\ntouch {marker}\n".encode()
+    path = f"/tmp/pim-test-short-{os.getpid()}"
+    status, tail = guest.run("short", script_command(path, {}, len(body) + 10), check=False, stdin=body)
+    assert status == 1 and tail == [f"received {len(body)} of {len(body) + 10} bytes for {path}"]
+    assert not marker.exists() and not Path(path).exists()
+
+
+def test_standard_input_waits_for_a_slow_guest_and_a_refusal_is_its_output(guest: Session) -> None:
+    data = os.urandom(8 << 20)  # four windows of sshd's
+    status, tail = guest.run("slow", "sleep 3; wc -c", stdin=data)
+    assert (status, tail) == (0, [str(len(data))]), "the send waited for the guest to read"
+    status, tail = guest.run("refuse", "echo refused >&2; exit 3", check=False, stdin=data)
+    assert (status, tail) == (3, ["refused"]), "a command that reads nothing fails as itself"

@@ -247,7 +247,7 @@ class ShellStep(_Model):
 class FileStep(_Model):
     type: Literal["file"]
     source: str
-    destination: GuestPath = Field(description="Absolute path in the guest")
+    destination: GuestPath = Field(description="Absolute path in the guest; the file is written as root (through sudo for another ssh.user), whole or not at all")
     mode: FileMode = Field("0644", description="Octal permissions as chmod takes them")
 
     _source = field_validator("source")(_check_file)

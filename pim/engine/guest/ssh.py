@@ -22,6 +22,7 @@ POLL = 1.0  # seconds a channel read waits before the loop looks again
 KNOCK = 0.1  # seconds between looks for sshd while the guest boots
 KNOCK_PATIENCE = 1.0  # seconds a look waits for sshd's first bytes, at first
 BANNER_TIMEOUT = 20.0  # seconds sshd may take to send them once it listens
+SEND_TIMEOUT = 120.0  # seconds a command's standard input may wait for the guest to read on
 WARNING = "pim-warning: "  # a line PIM's own guest commands print: a warning event, not output
 
 # Connecting while sshd is still starting fails many times by design; paramiko
@@ -178,8 +179,17 @@ class Session:
             command, self.before_next = self.before_next() + command, None
         chan.exec_command(self._sudo(command))
         if stdin is not None:
-            chan.sendall(stdin)
-            chan.shutdown_write()
+            # The guest may take a while to drain a full window (sudo starting under TCG):
+            # the send gets its own deadline. A command that exits without reading it all
+            # (it refused) closes the channel: its output and status say why, and a
+            # receiver checks the size it got (`receive`).
+            chan.settimeout(SEND_TIMEOUT)
+            try:
+                chan.sendall(stdin)
+                chan.shutdown_write()
+            except (OSError, EOFError):
+                pass
+            chan.settimeout(POLL)
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         buf = b""
         while True:
@@ -223,24 +233,35 @@ class Session:
         self.events.log(self.stage, f"[{label}] {line}", source="ssh")
 
     def upload(self, data: bytes, destination: str, mode: int) -> None:
-        """Write data to destination with mode (as root when the user is not root): one
-        command that reads the data on its standard input, writes a file beside
-        destination and renames it into place, so a reader never sees half a file (one
-        that fails leaves none). Raises ProvisionError when the command fails.""" 
+        """Write data to destination with mode, owned by root (the command runs under
+        sudo when the user is not root): one command that reads the data on its
+        standard input into a file beside destination, checks its size and renames it
+        into place, so a reader never sees half a file (one that fails leaves none).
+        Raises ProvisionError when the command fails."""
         d, tmp = shlex.quote(destination), shlex.quote(f"{destination}.pim-upload")
+        folder = shlex.quote(f"{destination} is a folder: name the file to write")
         self.run(f"upload {destination}",
-                 f"if [ -d {d} ]; then echo \"{destination} is a folder: name the file to write\" >&2; exit 1; fi; "
-                 f"mkdir -p \"$(dirname {d})\" && cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {d} "
+                 f"if [ -d {d} ]; then echo {folder} >&2; exit 1; fi; "
+                 f"mkdir -p \"$(dirname {d})\" && {receive(tmp, len(data))} && chmod {mode:o} {tmp} && mv -f {tmp} {d} "
                  f"|| {{ rc=$?; rm -f {tmp}; exit $rc; }}", stdin=data)
 
 
-def script_command(path: str, env: dict[str, str]) -> str:
-    """The command that writes its standard input to `path`, runs it as a program
-    with `env` exported, removes it and exits with its status: a script is sent and
-    run in one command (Session.run's `stdin`). The script's own standard input is at
-    its end."""
+def receive(path: str, size: int) -> str:
+    """The command that writes its standard input to `path` (shell-quoted) and fails,
+    naming the shortfall, unless exactly `size` bytes arrived (a dropped connection
+    ends the input early without an error)."""
+    return (f"{{ cat > {path} && got=$(wc -c < {path}) && [ $got -eq {size} ] || "
+            f"{{ echo \"received ${{got:-no}} of {size} bytes for \"{path}; rm -f {path}; false; }}; }}")
+
+
+def script_command(path: str, env: dict[str, str], size: int) -> str:
+    """The command that writes its standard input (`size` bytes) to `path`, runs it as
+    a program with `env` exported, removes it and exits with its status: a script is
+    sent and run in one command (Session.run's `stdin`). A script that did not arrive
+    whole is not run. The script's own standard input is at its end."""
     exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(env.items()))
-    return f"cat > {path} && {exports}chmod +x {path} && {path} < /dev/null; rc=$?; rm -f {path}; exit $rc"
+    return (f"{receive(path, size)} || exit 1; {exports}chmod +x {path} && {path} < /dev/null; "
+            f"rc=$?; rm -f {path}; exit $rc")
 
 
 def _last(e: BaseException) -> str:

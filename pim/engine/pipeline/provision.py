@@ -82,8 +82,9 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
                 "PIM_TRIM": "1" if spec.finalize.trim else "0",
                 "PIM_KEY_COMMENT": comment,
             }
-            session.run("generalize", _write_query() + script_command("/tmp/pim-generalize", env),
-                        stdin=GENERALIZE.encode())
+            generalize = GENERALIZE.encode()
+            session.run("generalize", _write_query() + script_command("/tmp/pim-generalize", env, len(generalize)),
+                        stdin=generalize)
             timeline.mark("generalize")
             facts["packages"] = _read_packages(ctx, session, disk.parent)
             timeline.mark("package list")
@@ -129,7 +130,7 @@ def _sync_clock(session: Session) -> None:
     command of its own (about 0.4 s under TCG). The guest agent's guest-set-time would
     also write the RTC with `hwclock -w`, which waits for the RTC's next second. A
     failure is a warning: the build goes on."""
-    session.before_next = lambda: (f"date -u -s @{time.time():.3f} > /dev/null 2>&1 || "
+    session.before_next = lambda: (f"date -u -s @{int(time.time())} > /dev/null 2>&1 || "
                                    f"echo {shlex.quote(WARNING + CLOCK_NOT_SET)} >&2; ")
 
 
@@ -146,8 +147,9 @@ def _run_step(ctx: BuildContext, session: Session, index: int, step: ShellStep |
         body = STEP_PRELUDE + body
     path = f"/tmp/pim-step-{index}"
     events.log(STAGE, f"step {label}")
-    status, tail = session.run(label, script_command(path, {**base_env, **ctx.spec.env, **step.env}), check=False,
-                               stdin=body.encode())
+    data = body.encode()
+    status, tail = session.run(label, script_command(path, {**base_env, **ctx.spec.env, **step.env}, len(data)),
+                               check=False, stdin=data)
     if step.expect_disconnect:
         # The step reboots the guest: whatever its exit status, reconnect once the
         # guest is back, so the next step never runs on a guest going down.

@@ -107,7 +107,10 @@ def candidates(arch: str, system: str | None = None, host: str | None = None) ->
     return ["tcg"]
 
 
-GRACE = 0.2  # seconds at least that a better accelerator gets after a worse one answered
+GRACE = 0.3  # seconds at least that a better accelerator gets after a worse one answered
+# Ends a verdict reached by comparison, not by a deadline or an error: a working KVM that
+# was only slow to start on a loaded host must not be passed over until the next reboot.
+RELATIVE = "; not remembered, probed again next time"
 
 
 class _Probe:
@@ -168,7 +171,7 @@ def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0,
     0.05 s; emulation takes about 0.1 s for the same. So a better accelerator that
     has not answered when a worse one has, and then gets half as long again (at least
     GRACE seconds more) without answering, is hung, or slower than emulation: either
-    way not worth using. A host with a hung KVM pays about 0.3 s, not `timeout`.
+    way not worth using. A host with a hung KVM pays about 0.4 s, not `timeout`.
     `cancel` set: the race ends at once with what was decided so far (maybe nothing).
     Raises MissingTool when QEMU for arch is not installed.
     """
@@ -205,7 +208,7 @@ def _judge(pending: _Probe, worse: list[_Probe], now: float, timeout: float) -> 
         other = answered[0]
         if now >= max(1.5 * other.seconds, other.seconds + GRACE):  # type: ignore[operator]
             pending.give_up(f"guest made no progress in {now:.1f}s, while {other.accel} ran it in "
-                            f"{other.seconds:.2f}s (vCPU hung)")
+                            f"{other.seconds:.2f}s (vCPU hung){RELATIVE}")
     elif now >= timeout:
         pending.give_up(f"guest made no progress within {timeout:.0f}s (vCPU hung)")
 
@@ -257,9 +260,15 @@ def choose(arch: str = "x86_64", requested: str = "auto", fresh: bool = False) -
     if requested != "auto":
         return Verdict(requested, f"set in the config (accel: {requested})", {})
     if not fresh:
-        pending = _PREFETCHED.pop(arch, None)
+        pending = _PREFETCHED.get(arch)
         if pending is not None:
-            verdict = pending.wait()
+            try:
+                verdict = pending.wait()
+            except BaseException:  # Ctrl-C while waiting: stop its QEMUs now, not at exit
+                pending.stop()
+                raise
+            finally:
+                _PREFETCHED.pop(arch, None)
             if verdict is not None:
                 return verdict
         remembered = _remembered(arch)
@@ -296,10 +305,11 @@ def _probe(arch: str, cancel: threading.Event | None = None) -> Verdict | None:
             reason = (f"{accel} works ({what})" if accel != "tcg" else f"TCG: {others}" if others
                       else f"TCG: this host has no hardware acceleration for {arch} guests")
     verdict = Verdict(chosen, reason, tried)
-    memo = _memo_file(arch)
-    tmp = memo.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "verdict": asdict(verdict)}))
-    os.replace(tmp, memo)
+    if not any(v.endswith(RELATIVE) for v in tried.values()):
+        memo = _memo_file(arch)
+        tmp = memo.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "verdict": asdict(verdict)}))
+        os.replace(tmp, memo)
     return verdict
 
 

@@ -135,6 +135,7 @@ class Store:
         (staging / "done").write_text(key)
         for f in staging.iterdir():
             _fsync(f)
+        _fsync_dir(staging)  # the files' names too: then the rename, then the rename itself
         target = self.object(key)
         try:
             os.rename(staging, target)
@@ -142,6 +143,7 @@ class Store:
             if not self.has(key):
                 raise
             shutil.rmtree(staging, ignore_errors=True)  # someone else published it first
+        _fsync_dir(target.parent)
         return target
 
     def remove(self, key: str) -> None:
@@ -201,3 +203,13 @@ def _fsync(path: Path) -> None:
     if path.is_file():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a folder, so the names in it survive a crash as its files' data does
+    (fsync(2): syncing a file does not sync its directory entry)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -17,7 +17,16 @@ def _write(disk: Path, pattern: int, offset: str, length: str) -> None:
 
 
 @pytest.mark.parametrize("compression", ["zstd", "zlib", "none"])
-def test_a_flattened_chain_holds_the_same_virtual_disk(tmp_path: Path, compression: str) -> None:
+def test_a_flattened_chain_holds_the_same_virtual_disk(tmp_path: Path, compression: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    real_run = img.run
+
+    def run(argv: list[str], **kw):  # type: ignore[no-untyped-def]
+        ran.append(argv)
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(img, "run", run)
     base, top, out = tmp_path / "base.qcow2", tmp_path / "top.qcow2", tmp_path / "out.qcow2"
     img.create(base, 64 << 20)
     for i in range(1, 40):  # clusters of several patterns, so writes out of order would show
@@ -26,6 +35,8 @@ def test_a_flattened_chain_holds_the_same_virtual_disk(tmp_path: Path, compressi
     _write(top, 0xAB, "3M", "5M")
     _write(top, 0, "20M", "1M")  # zeros over the backing file's data
     img.convert(top, out, compression)
+    (convert,) = [a for a in ran if a[1] == "convert"]
+    assert "-W" in convert, "written out of order, compressed on every core"
     info = subprocess.run(["qemu-img", "info", "--output=json", str(out)], capture_output=True, text=True, check=True)
     assert '"backing-filename"' not in info.stdout, "the result stands alone"
     same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", str(top), str(out)],

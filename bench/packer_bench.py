@@ -73,7 +73,8 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def run_pim(folder: Path, iso: Path) -> tuple[float, Path, dict]:
+def run_pim(folder: Path, iso: Path) -> tuple[float, Path, dict, list[dict]]:
+    """(wall seconds, artifact, manifest, events) of one cold `pim build --json`."""
     cfg = make_config(folder / "pim", iso, provision=[{"type": "shell", "name": "step", "inline": STEP}])
     env = {"PIM_CACHE_DIR": str(folder / "pim-cache"), "XDG_RUNTIME_DIR": str(folder / "pim-run")}
     (folder / "pim-run").mkdir(mode=0o700)
@@ -84,9 +85,10 @@ def run_pim(folder: Path, iso: Path) -> tuple[float, Path, dict]:
         sys.exit(f"pim build failed (exit {e.returncode}; --keep DIR keeps pim-events.jsonl):\n"
                  + "\n".join(e.stderr.splitlines()[-30:]))
     (folder / "pim-events.jsonl").write_text(out.stdout)
-    done = json.loads(out.stdout.splitlines()[-1])
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    done = events[-1]
     manifest = json.loads(Path(done["data"]["manifest"]).read_text())
-    return wall, Path(done["data"]["path"]), manifest
+    return wall, Path(done["data"]["path"]), manifest, events
 
 
 def extract_boot_files(iso: Path, dest: Path) -> tuple[Path, Path]:
@@ -209,10 +211,13 @@ def run_packer(work: Path, iso: Path, inputs: dict, accel: str) -> tuple[float, 
     return time.perf_counter() - t0, artifact, phases
 
 
-def pim_figures(wall: float, events: list[dict], manifest: dict) -> dict[str, float]:
-    """The PIM build's figures in seconds, from its events: per-stage phases, the time
-    QEMU ran (the guest's time), and PIM's own overhead (wall time minus that)."""
-    phases: dict[str, dict[str, float]] = {}
+Phases = dict[str, dict[str, float]]  # stage -> phase -> seconds
+
+
+def pim_figures(wall: float, events: list[dict], manifest: dict) -> tuple[dict[str, float], Phases]:
+    """The PIM build's figures in seconds from its events (the time QEMU ran, the
+    guest's time, and PIM's own overhead: wall time minus that), and its phases by stage."""
+    phases: Phases = {}
     for e in events:
         data = e.get("data") or {}
         if "phase" in data:
@@ -223,31 +228,31 @@ def pim_figures(wall: float, events: list[dict], manifest: dict) -> dict[str, fl
     first = events[0]["time"] if events else 0.0
     return {
         "wall": wall,
-        "before the install VM": (probe["time"] - first) if probe else 0.0,
+        "build start to accelerator verdict": (probe["time"] - first) if probe else 0.0,
         "install VM": qemu.get("install", 0.0),
         "boot VM start to sshd": sum(boot.get(k, 0.0) for k in
                                      ("QEMU start", "firmware", "kernel", "userspace to sshd", "boot to sshd")),
-        "boot SSH login + agent + save state": sum(boot.get(k, 0.0) for k in ("SSH login", "guest agent", "save state")),
+        "boot SSH login + agent + save state": sum(boot.get(k, 0.0)
+                                                   for k in ("SSH login", "guest agent", "save state")),
         "provision VM": qemu.get("provision", 0.0),
         "final (convert, sha256, SBOM, provenance)": manifest["stages"]["final"]["seconds"],
         "guest running (all VMs)": sum(qemu.values()),
         "PIM overhead (wall - guest running)": wall - sum(qemu.values()),
-        "_phases": phases,  # type: ignore[dict-item]
-    }
+    }, phases
 
 
 def one_run(work: Path, iso: Path, version: str) -> dict:
     work.mkdir(parents=True)
     load_start = load()
-    pim_wall, pim_artifact, manifest = run_pim(work, iso)
-    events = [json.loads(line) for line in (work / "pim-events.jsonl").read_text().splitlines() if line.strip()]
+    pim_wall, pim_artifact, manifest, events = run_pim(work, iso)
     accel = manifest["tools"]["accel"]
     (work / "packer").mkdir()
     packer_wall, packer_artifact, phases = run_packer(work / "packer", iso, manifest["inputs"], accel)
-    pim = pim_figures(pim_wall, events, manifest)
+    pim, pim_phases = pim_figures(pim_wall, events, manifest)
     floor = (min(pim["install VM"], phases["  VM start to power-off"])
              + min(pim["boot VM start to sshd"], phases["  VM start to SSH"]))
-    return {"pim": pim, "packer": {"wall": packer_wall, **phases}, "floor": floor, "accel": accel,
+    return {"pim": pim, "pim_phases": pim_phases, "packer": {"wall": packer_wall, **phases}, "floor": floor,
+            "accel": accel,
             "load": (load_start, load()), "sizes": (pim_artifact.stat().st_size, packer_artifact.stat().st_size),
             "pim_version": manifest["pim_version"], "packer_version": version}
 
@@ -257,9 +262,9 @@ def report(i: int, run: dict) -> None:
     print(f"run {i}: load average {run['load'][0]} -> {run['load'][1]}; {os.cpu_count()} CPUs; accel {run['accel']}")
     print(f"  PIM {run['pim_version']} (pim build, empty cache, accelerator probed)   {pim['wall']:7.1f} s")
     for label, seconds in pim.items():
-        if label not in ("wall", "_phases"):
+        if label != "wall":
             print(f"    {label:60} {seconds:7.1f} s")
-    for stage, phases in pim["_phases"].items():
+    for stage, phases in run["pim_phases"].items():
         print(f"    {stage}: " + ", ".join(f"{name} {sec:.1f}" for name, sec in phases.items()))
     print(f"  Packer {run['packer_version']} (two packer builds)                       {packer['wall']:7.1f} s")
     for label, seconds in packer.items():
@@ -268,7 +273,8 @@ def report(i: int, run: dict) -> None:
     pim_size, packer_size = run["sizes"]
     print(f"  floor (fastest install VM + fastest boot to sshd, this run)     {run['floor']:7.1f} s")
     print(f"  artifact: PIM {pim_size / 2**20:.1f} MiB, Packer {packer_size / 2**20:.1f} MiB")
-    print(f"  PIM / Packer wall time {pim['wall'] / packer['wall']:.3f}; floor / Packer {run['floor'] / packer['wall']:.3f}")
+    print(f"  PIM / Packer wall time {pim['wall'] / packer['wall']:.3f}; "
+          f"floor / Packer {run['floor'] / packer['wall']:.3f}")
 
 
 def main() -> None:

@@ -32,6 +32,13 @@ _BREW_FORMULAS = {
 }
 
 
+def arch_name(machine: str | None = None) -> str:
+    """`os.uname().machine` (or `machine`) in QEMU's names: "x86_64" or "aarch64" for
+    what Linux and macOS call amd64, arm64; anything else as it is, lowercased."""
+    machine = (machine or os.uname().machine).lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
 def platform_name(platform: str | None = None) -> str:
     """`sys.platform` reduced to "linux", "darwin" or itself."""
     platform = platform or sys.platform

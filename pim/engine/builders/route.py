@@ -44,9 +44,9 @@ class Host:
 
     @classmethod
     def this(cls) -> "Host":
-        machine = os.uname().machine.lower()
-        arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-        return cls(os.uname().sysname.lower(), arch)
+        from pim.engine.platforms import arch_name
+
+        return cls(os.uname().sysname.lower(), arch_name())
 
     def __str__(self) -> str:
         return f"{'Mac' if self.os == 'darwin' else self.os.capitalize()} {self.arch}"

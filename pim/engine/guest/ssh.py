@@ -211,6 +211,12 @@ class Session:
             raise ProvisionError(f"{label}: exited with status {status}", list(tail))
         return status, list(tail)
 
+    def run_script(self, label: str, path: str, body: bytes, env: dict[str, str], check: bool = True,
+                   before: str = "") -> tuple[int, list[str]]:
+        """Send `body` and run it as a program at `path` with `env` exported, in one
+        command (`script_command`), after the shell text `before`; as `run`."""
+        return self.run(label, before + script_command(path, env, len(body)), check=check, stdin=body)
+
     def capture(self, label: str, command: str) -> str:
         """Run a command and return its standard output as text, emitting nothing of it
         (for output that is data, not progress). Raises ProvisionError with the tail of

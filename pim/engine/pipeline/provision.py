@@ -14,7 +14,7 @@ from pim.engine.pipeline.context import BuildContext, free_port
 from pim.engine.qemu import img
 from pim.engine.qemu.machine import Machine
 from pim.engine.config.spec import FileStep, ShellStep
-from pim.engine.guest.ssh import WARNING, KeyPair, Session, script_command
+from pim.engine.guest.ssh import WARNING, KeyPair, Session
 from pim.engine.pipeline.guestfiles import GENERALIZE, STEP_PRELUDE
 from pim.engine.pipeline.stage import copy_efivars
 from pim.engine.timeline import Timeline
@@ -82,9 +82,7 @@ def run_provision(ctx: BuildContext, base: Path, disk: Path, key: KeyPair) -> di
                 "PIM_TRIM": "1" if spec.finalize.trim else "0",
                 "PIM_KEY_COMMENT": comment,
             }
-            generalize = GENERALIZE.encode()
-            session.run("generalize", _write_query() + script_command("/tmp/pim-generalize", env, len(generalize)),
-                        stdin=generalize)
+            session.run_script("generalize", "/tmp/pim-generalize", GENERALIZE.encode(), env, before=_write_query())
             timeline.mark("generalize")
             facts["packages"] = _read_packages(ctx, session, disk.parent)
             timeline.mark("package list")
@@ -147,9 +145,8 @@ def _run_step(ctx: BuildContext, session: Session, index: int, step: ShellStep |
         body = STEP_PRELUDE + body
     path = f"/tmp/pim-step-{index}"
     events.log(STAGE, f"step {label}")
-    data = body.encode()
-    status, tail = session.run(label, script_command(path, {**base_env, **ctx.spec.env, **step.env}, len(data)),
-                               check=False, stdin=data)
+    status, tail = session.run_script(label, path, body.encode(), {**base_env, **ctx.spec.env, **step.env},
+                                      check=False)
     if step.expect_disconnect:
         # The step reboots the guest: whatever its exit status, reconnect once the
         # guest is back, so the next step never runs on a guest going down.

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pim.engine.paths import runtime_dir
+from pim.engine.platforms import arch_name
 from pim.engine.qemu.argv import machine_type, qemu_binary
 from pim.engine.run import DEVNULL, PIPE, find_tool, start
 
@@ -96,9 +97,7 @@ def candidates(arch: str, system: str | None = None, host: str | None = None) ->
     one's): the platform's hypervisor (Linux: kvm; macOS: hvf) for a native guest, then
     tcg. A foreign guest gets tcg only (HVF and KVM run the host's own architecture)."""
     system = system or os.uname().sysname
-    host = (host or os.uname().machine).lower()
-    native = (arch == "x86_64" and host in ("x86_64", "amd64")) or (arch == "aarch64" and host in ("arm64", "aarch64"))
-    if not native:
+    if arch != arch_name(host):  # a foreign guest
         return ["tcg"]
     if system == "Darwin":
         return ["hvf", "tcg"]
@@ -183,7 +182,7 @@ def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0,
             t0 = time.monotonic()
             while True:
                 if cancel is not None and cancel.is_set():
-                    return [(p.accel, *p.result) for p in probes if p.result is not None]  # type: ignore[misc]
+                    return _decided(probes)
                 now = time.monotonic() - t0
                 for i, probe in enumerate(probes):
                     result = probe.poll()
@@ -191,13 +190,17 @@ def race(accels: list[str], arch: str = "x86_64", timeout: float = 5.0,
                         _judge(probe, probes[i + 1:], now, timeout)
                         break
                     if result[0]:
-                        return [(p.accel, *p.result) for p in probes[:i + 1]]  # type: ignore[misc]
+                        return _decided(probes[:i + 1])
                 else:
-                    return [(p.accel, *p.result) for p in probes]  # type: ignore[misc]
+                    return _decided(probes)
                 time.sleep(0.02)
         finally:
             for probe in probes:
                 probe.close()
+
+
+def _decided(probes: list[_Probe]) -> list[tuple[str, bool, str]]:
+    return [(p.accel, *p.result) for p in probes if p.result is not None]  # type: ignore[misc]
 
 
 def _judge(pending: _Probe, worse: list[_Probe], now: float, timeout: float) -> None:
@@ -349,17 +352,16 @@ def prefetch(arch: str | None = None) -> None:
     command line loads its modules and its config; `choose` takes it over. One that
     nobody took over is cancelled at exit, its QEMUs stopped. Never raises: a probe
     that fails raises in `choose`."""
-    arch = arch or {"amd64": "x86_64", "arm64": "aarch64"}.get(os.uname().machine.lower(), os.uname().machine)
+    arch = arch or arch_name()
     try:
         if arch in _PREFETCHED or arch not in ("x86_64", "aarch64") or _remembered(arch) is not None:
             return
     except Exception:  # MissingTool and the like: choose() says it
         return
-    if not _PREFETCHED:
-        atexit.register(_stop_prefetches)
     _PREFETCHED[arch] = _Prefetch(arch)
 
 
+@atexit.register
 def _stop_prefetches() -> None:
     for pending in list(_PREFETCHED.values()):
         pending.stop()

@@ -14,7 +14,7 @@ it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import threading
 from pathlib import Path
@@ -23,13 +23,12 @@ from typing import Callable
 SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
 
 
+@functools.cache
 def _sync_file_range() -> Callable[[int], object] | None:
-    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) from the C library, or None."""
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
-        return None
+    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) from the C library the process
+    already has loaded (as run.py's prctl), or None where it has none (macOS)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        call = libc.sync_file_range
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
